@@ -1,0 +1,99 @@
+package client
+
+import (
+	"time"
+
+	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/schema"
+)
+
+// Window is one committed source transaction: the events of it that passed
+// the client's filters, in the source's order. Windows reach the handler in
+// strictly increasing SCN order.
+type Window struct {
+	SCN       uint64
+	Timestamp time.Time // commit time at the source, in UTC
+	TxID      string    // source transaction id (a GTID for MySQL/MariaDB), may be empty
+	Events    []*Event
+
+	// schemaChanges are the schema versions announced inside the window, in
+	// stream order; they are already in the client's registry.
+	schemaChanges []schema.Table
+	// size is the number of bytes of frames the window took on the wire.
+	size int
+}
+
+// Event is one row change. Its byte slices are never reused by the client:
+// a handler may keep them after its call returns. They share memory with
+// the other events of the same relay response, so an application that keeps
+// a few events for a long time should copy them to let the rest go.
+type Event struct {
+	SCN           uint64 // the SCN of the event's window
+	Source        string // logical source name, db.table
+	SourceID      uint32
+	SchemaVersion uint16
+	Op            event.Op
+	Timestamp     time.Time // commit time at the source, in UTC
+	// Key is the encoded primary key (see KeyValues).
+	Key []byte
+	// Payload is the Avro binary of the row after the change (insert,
+	// update); empty for a delete.
+	Payload []byte
+	// Before is the Avro binary of the row before the change (update,
+	// delete), when the source provides it; HasBefore tells an absent image
+	// from an empty one.
+	Before    []byte
+	HasBefore bool
+
+	// entry is the schema version the event was written with.
+	// Invariant: entry.ID == SourceID && entry.Version == SchemaVersion.
+	entry *schema.Entry
+}
+
+// Table returns the schema version the event was written with.
+func (e *Event) Table() schema.Table { return e.entry.Table }
+
+// Schema returns the registry entry (table version and codec) the event was
+// written with. It is shared and immutable.
+func (e *Event) Schema() *schema.Entry { return e.entry }
+
+// Row decodes the row image after the change into a map keyed by Avro
+// field name (see schema.FieldName), with the exact schema version the event
+// was written with. A delete has no such image: Row returns ErrNoImage.
+func (e *Event) Row() (map[string]any, error) {
+	if e.Op == event.OpDelete {
+		return nil, ErrNoImage
+	}
+	return e.entry.Codec.Decode(e.Payload)
+}
+
+// BeforeRow decodes the row image before the change, or returns ErrNoImage
+// when the source gave none.
+func (e *Event) BeforeRow() (map[string]any, error) {
+	if !e.HasBefore {
+		return nil, ErrNoImage
+	}
+	return e.entry.Codec.Decode(e.Before)
+}
+
+// Decode decodes the row image after the change into v, a pointer to a
+// struct whose fields carry `avro:"field"` tags; nullable columns need
+// pointer fields. A delete has no such image: Decode returns ErrNoImage.
+func (e *Event) Decode(v any) error {
+	if e.Op == event.OpDelete {
+		return ErrNoImage
+	}
+	return e.entry.Codec.DecodeInto(e.Payload, v)
+}
+
+// DecodeBefore is Decode for the row image before the change.
+func (e *Event) DecodeBefore(v any) error {
+	if !e.HasBefore {
+		return ErrNoImage
+	}
+	return e.entry.Codec.DecodeInto(e.Before, v)
+}
+
+// KeyValues returns the primary key's components, in key-column order, as
+// nil, int64, uint64, string or []byte values (see event.DecodeKey).
+func (e *Event) KeyValues() ([]any, error) { return event.DecodeKey(e.Key) }

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -189,7 +188,7 @@ func (d *windowDecoder) applyChange(e *event.Event, refreshed bool) (schema.Tabl
 		// names and types); the frame only has the Avro schema.
 		return schema.Table{}, &unknownSchemaError{source: sc.Source, version: sc.Version, change: true}
 	}
-	t, err := tableFromChange(sc)
+	t, err := schema.FromChange(sc)
 	if err != nil {
 		return schema.Table{}, fmt.Errorf("%w: schema change of %s version %d: %v", ErrProtocol, sc.Name, sc.Version, err)
 	}
@@ -198,42 +197,4 @@ func (d *windowDecoder) applyChange(e *event.Event, refreshed bool) (schema.Tabl
 		return schema.Table{}, fmt.Errorf("%w: schema change of %s version %d: %v", ErrProtocol, sc.Name, sc.Version, err)
 	}
 	return entry.Table, nil
-}
-
-// tableFromChange rebuilds a table definition from the Avro record schema a
-// schema-change frame carries, inverting schema.Table.AvroSchema: one field
-// per column, ["null", T] for a nullable column, the source type in "doc".
-// Columns are named by their Avro field names, which differ from the source
-// names only where a name had characters Avro does not allow.
-func tableFromChange(sc event.SchemaChange) (schema.Table, error) {
-	var rec struct {
-		Type   string `json:"type"`
-		Fields []struct {
-			Name string          `json:"name"`
-			Type json.RawMessage `json:"type"`
-			Doc  string          `json:"doc"`
-		} `json:"fields"`
-	}
-	if err := json.Unmarshal(sc.Avro, &rec); err != nil {
-		return schema.Table{}, err
-	}
-	if rec.Type != "record" {
-		return schema.Table{}, fmt.Errorf("avro schema of type %q, want record", rec.Type)
-	}
-	t := schema.Table{ID: sc.Source, Name: sc.Name, Version: sc.Version}
-	for _, f := range rec.Fields {
-		c := schema.Column{Name: f.Name, Avro: f.Type, SourceType: f.Doc}
-		var union []json.RawMessage
-		if json.Unmarshal(f.Type, &union) == nil && len(union) == 2 && string(union[0]) == `"null"` {
-			c.Avro, c.Nullable = union[1], true
-		}
-		t.Columns = append(t.Columns, c)
-	}
-	for _, k := range sc.Key {
-		if t.Column(k) < 0 {
-			k = schema.FieldName(k)
-		}
-		t.Key = append(t.Key, k)
-	}
-	return t, t.Validate()
 }

@@ -150,6 +150,9 @@ func FrameLen(b []byte) (int, error) {
 	if crc32.Checksum(b[:44], castagnoli) != binary.BigEndian.Uint32(b[44:]) {
 		return 0, fmt.Errorf("%w (header)", ErrChecksum)
 	}
+	if b[3]&^flagBefore != 0 || b[30] != 0 || b[31] != 0 {
+		return 0, fmt.Errorf("%w: reserved bits set", ErrCorrupt)
+	}
 	n := uint64(binary.BigEndian.Uint32(b[4:]))
 	k := uint64(binary.BigEndian.Uint32(b[32:]))
 	p := uint64(binary.BigEndian.Uint32(b[36:]))
@@ -261,6 +264,10 @@ type SchemaChange struct {
 	Version uint16          `json:"version"`
 	Key     []string        `json:"key"`
 	Avro    json.RawMessage `json:"avro"`
+	// Columns, when present, is the JSON of the table's columns as the
+	// schema package defines them (schema.ChangeOf fills it); without it a
+	// reader rebuilds the columns from the Avro record.
+	Columns json.RawMessage `json:"columns,omitempty"`
 }
 
 // NewSchemaChange builds a schema-change frame at scn.

@@ -17,6 +17,8 @@ import (
 	"sync"
 
 	"github.com/hamba/avro/v2"
+
+	"github.com/databus-go/databus/event"
 )
 
 // Column is one column of a table.
@@ -95,6 +97,40 @@ func (t *Table) Column(name string) int {
 		}
 	}
 	return -1
+}
+
+// AvroType returns the type name and logical type of a column's Avro type
+// JSON: "long" gives ("long", ""); {"type":"long","logicalType":"timestamp-micros"}
+// gives ("long", "timestamp-micros"); anything else gives ("", "").
+func AvroType(raw json.RawMessage) (typ, logical string) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, ""
+	}
+	var o struct {
+		Type        any    `json:"type"`
+		LogicalType string `json:"logicalType"`
+	}
+	if json.Unmarshal(raw, &o) == nil {
+		if t, ok := o.Type.(string); ok {
+			return t, o.LogicalType
+		}
+	}
+	return "", ""
+}
+
+// IntegerKey reports whether t's key is a single column of Avro type int or
+// long without a logical type: the only keys RANGE partitions can order.
+func (t *Table) IntegerKey() bool {
+	if len(t.Key) != 1 {
+		return false
+	}
+	i := t.Column(t.Key[0])
+	if i < 0 {
+		return false
+	}
+	typ, logical := AvroType(t.Columns[i].Avro)
+	return logical == "" && (typ == "long" || typ == "int")
 }
 
 // FieldName returns the Avro field name of a column: the column name with
@@ -273,4 +309,55 @@ func (r *Registry) Latests() []*Entry {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// ChangeOf returns the schema-change payload that announces t, columns
+// included, for event.NewSchemaChange.
+func ChangeOf(t Table) event.SchemaChange {
+	cols, _ := json.Marshal(t.Columns) // columns always marshal
+	return event.SchemaChange{Source: t.ID, Name: t.Name, Version: t.Version, Key: t.Key, Avro: t.AvroSchema(), Columns: cols}
+}
+
+// FromChange returns the table version a schema-change payload announces.
+// A payload without columns (from a writer that sent only the Avro record)
+// is rebuilt from the record: one column per field, nullable when its type
+// is a union with "null" first, the source type from the field's doc; the
+// column names are then the Avro field names.
+func FromChange(sc event.SchemaChange) (Table, error) {
+	t := Table{ID: sc.Source, Name: sc.Name, Version: sc.Version}
+	if len(sc.Columns) > 0 {
+		if err := json.Unmarshal(sc.Columns, &t.Columns); err != nil {
+			return Table{}, fmt.Errorf("%w: schema change columns: %v", ErrInvalid, err)
+		}
+	} else {
+		var rec struct {
+			Type   string `json:"type"`
+			Fields []struct {
+				Name string          `json:"name"`
+				Type json.RawMessage `json:"type"`
+				Doc  string          `json:"doc"`
+			} `json:"fields"`
+		}
+		if err := json.Unmarshal(sc.Avro, &rec); err != nil {
+			return Table{}, fmt.Errorf("%w: schema change avro: %v", ErrInvalid, err)
+		}
+		if rec.Type != "record" {
+			return Table{}, fmt.Errorf("%w: schema change avro of type %q, want record", ErrInvalid, rec.Type)
+		}
+		for _, f := range rec.Fields {
+			c := Column{Name: f.Name, Avro: f.Type, SourceType: f.Doc}
+			var union []json.RawMessage
+			if json.Unmarshal(f.Type, &union) == nil && len(union) == 2 && string(union[0]) == `"null"` {
+				c.Avro, c.Nullable = union[1], true
+			}
+			t.Columns = append(t.Columns, c)
+		}
+	}
+	for _, k := range sc.Key {
+		if t.Column(k) < 0 {
+			k = FieldName(k)
+		}
+		t.Key = append(t.Key, k)
+	}
+	return t, t.Validate()
 }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/databus-go/databus/relay"
+	"github.com/databus-go/databus/source"
+	"github.com/databus-go/databus/source/sqlite"
+)
+
+// fileConfig is the YAML file `databus relay --config` reads:
+//
+//	relay:            # see relay.Config
+//	  listen: 127.0.0.1:8080
+//	  stateDir: ./databus-state
+//	  buffer: {maxBytes: 64MiB}
+//	source:
+//	  sqlite:         # see sqlite.Config
+//	    path: ./app.db
+//	    tables: [person, orders]
+//
+// ${NAME} anywhere in the file is replaced by the environment variable NAME
+// (an unset variable is an error), so secrets stay out of the file.
+type fileConfig struct {
+	Relay  relay.Config `yaml:"relay"`
+	Source sourceConfig `yaml:"source"`
+}
+
+// sourceConfig holds exactly one physical source.
+type sourceConfig struct {
+	SQLite *sqlite.Config `yaml:"sqlite"`
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+func expandEnv(b []byte) ([]byte, error) {
+	var missing error
+	out := envRef.ReplaceAllFunc(b, func(m []byte) []byte {
+		name := string(envRef.FindSubmatch(m)[1])
+		v, ok := os.LookupEnv(name)
+		if !ok && missing == nil {
+			missing = fmt.Errorf("environment variable %s is not set", name)
+		}
+		return []byte(v)
+	})
+	return out, missing
+}
+
+// loadConfig reads, expands and strictly decodes path, then validates it.
+func loadConfig(path string) (*fileConfig, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	raw, err = expandEnv(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	var c fileConfig
+	d := yaml.NewDecoder(bytes.NewReader(raw))
+	d.KnownFields(true)
+	if err := d.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *fileConfig) validate() error {
+	if err := c.Relay.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.Source.SQLite == nil:
+		return errors.New("source: configure one source, e.g. source.sqlite")
+	}
+	if err := c.Source.SQLite.Validate(); err != nil {
+		return fmt.Errorf("source.sqlite: %w", err)
+	}
+	return nil
+}
+
+// openSource builds the configured source adapter.
+func (c *fileConfig) openSource() (source.Source, error) {
+	return sqlite.New(*c.Source.SQLite, nil)
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/databus-go/databus/checkpoint"
+	"github.com/databus-go/databus/client"
+	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/eventjson"
+)
+
+type tailOptions struct {
+	relays         []string
+	fromStart      bool
+	fromNow        bool
+	checkpointFile string
+	sources        []string
+	partition      string
+	windows        bool
+	token          string
+}
+
+func newTailCmd() *cobra.Command {
+	var o tailOptions
+	cmd := &cobra.Command{
+		Use:   "tail",
+		Short: "Print a relay's stream as JSON lines, one per event",
+		Long: `Print a relay's stream as JSON lines: one object per event and, with --windows
+(the default), one per end of window. Starts from now unless --from-start or a
+--checkpoint-file that already holds a position says otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.fromStart && o.fromNow {
+				return usageError("--from-start and --from-now exclude each other")
+			}
+			return runTail(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&o.relays, "relay", []string{"http://127.0.0.1:8080"}, "relay URLs, tried in order on failure")
+	f.BoolVar(&o.fromStart, "from-start", false, "start from the oldest window the relay holds")
+	f.BoolVar(&o.fromNow, "from-now", false, "start after the newest window (the default without a checkpoint)")
+	f.StringVar(&o.checkpointFile, "checkpoint-file", "", "persist the position here and resume from it")
+	f.StringSliceVar(&o.sources, "sources", nil, "only these sources (names, comma-separated)")
+	f.StringVar(&o.partition, "partition", "", "only this key partition: mod:3/8, range:0-1000")
+	f.BoolVar(&o.windows, "windows", true, "print a line at each end of window")
+	f.StringVar(&o.token, "token", "", "bearer token for relays that require one")
+	return cmd
+}
+
+func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
+	hc := &http.Client{Transport: bearer(o.token)}
+	start := checkpoint.Start()
+	if !o.fromStart {
+		scn, err := newestSCN(ctx, hc, o.relays)
+		if err != nil {
+			return err
+		}
+		start = checkpoint.At(scn)
+	}
+	w := bufio.NewWriterSize(out, 64<<10)
+	p := &printer{w: w, windows: o.windows}
+	opts := []client.Option{client.WithStart(start), client.WithHTTPClient(hc), client.WithName("tail"), client.WithEmptyWindows()}
+	if o.checkpointFile != "" {
+		opts = append(opts, client.WithCheckpointStore(client.NewFileStore(o.checkpointFile)))
+	}
+	if len(o.sources) > 0 {
+		opts = append(opts, client.WithSources(o.sources...))
+	}
+	if o.partition != "" {
+		opts = append(opts, client.WithPartition(o.partition))
+	}
+	c, err := client.New(o.relays, p, opts...)
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
+}
+
+// printer renders windows as JSON lines. Output is flushed at each window
+// boundary, so a reader of a pipe sees whole windows.
+type printer struct {
+	w       *bufio.Writer
+	windows bool
+	line    []byte
+}
+
+func (p *printer) OnWindow(_ context.Context, win *client.Window) error {
+	for _, e := range win.Events {
+		ev := event.Event{Kind: event.KindData, Op: e.Op, SCN: e.SCN, Timestamp: e.Timestamp.UnixNano(), Source: e.SourceID,
+			SchemaVersion: e.SchemaVersion, Key: e.Key, Payload: e.Payload, Before: e.Before, HasBefore: e.HasBefore}
+		p.line = eventjson.Append(p.line[:0], &ev, eventjson.Entry{Entry: e.Schema()})
+		p.w.Write(p.line)
+	}
+	if p.windows {
+		eow := event.EndOfWindow(win.SCN, win.Timestamp.UnixNano(), uint32(len(win.Events)), win.TxID)
+		p.line = eventjson.Append(p.line[:0], &eow, nil)
+		p.w.Write(p.line)
+	}
+	return p.w.Flush()
+}
+
+func (p *printer) OnRollback(context.Context, uint64, error) {}
+
+// newestSCN asks the relays, in order, for the newest SCN they hold.
+func newestSCN(ctx context.Context, hc *http.Client, relays []string) (uint64, error) {
+	var last error
+	for _, r := range relays {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		scn, err := func() (uint64, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(r, "/")+"/v1/buffer", nil)
+			if err != nil {
+				return 0, err
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				return 0, err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+				return 0, fmt.Errorf("%s: %s: %s", r, resp.Status, strings.TrimSpace(string(body)))
+			}
+			var info struct {
+				MaxSCN       uint64 `json:"maxScn"`
+				LowWatermark uint64 `json:"lowWatermark"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+				return 0, fmt.Errorf("%s/v1/buffer: %w", r, err)
+			}
+			return max(info.MaxSCN, info.LowWatermark), nil
+		}()
+		cancel()
+		if err == nil {
+			return scn, nil
+		}
+		last = err
+	}
+	return 0, fmt.Errorf("no relay answered: %w", last)
+}
+
+// bearer returns a transport that adds an Authorization header.
+func bearer(token string) http.RoundTripper {
+	if token == "" {
+		return http.DefaultTransport
+	}
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+token)
+		return http.DefaultTransport.RoundTrip(r)
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

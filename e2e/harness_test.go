@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
@@ -283,7 +284,7 @@ func waitEqual(t *testing.T, db *sql.DB, m *materializer, timeout time.Duration)
 	deadline := time.Now().Add(timeout)
 	for {
 		got, _ := m.snapshot()
-		d := cmp.Diff(want, got)
+		d := cmp.Diff(want, got, cmpopts.EquateEmpty())
 		if d == "" {
 			return
 		}
@@ -317,12 +318,10 @@ func startRelay(t *testing.T, dbPath string, maxBytes relay.ByteSize) *relay.Rel
 			t.Errorf("relay: %v", err)
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Addr() == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("relay did not listen")
-		}
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-r.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("relay did not open its source")
 	}
 	return r
 }

@@ -169,6 +169,12 @@ type Codec struct {
 	schema avro.Schema
 }
 
+// avroAPI raises hamba/avro's 1 MiB default bound on a decoded bytes or
+// string value to the largest frame databus carries, so that a 16 MiB BLOB
+// decodes; the frame bound still keeps a corrupt length from allocating
+// without limit.
+var avroAPI = avro.Config{MaxByteSliceSize: event.MaxFrameSize, MaxSliceAllocSize: event.MaxFrameSize}.Freeze()
+
 // NewCodec compiles an Avro record schema.
 func NewCodec(avroSchema []byte) (*Codec, error) {
 	s, err := avro.Parse(string(avroSchema))
@@ -182,7 +188,7 @@ func NewCodec(avroSchema []byte) (*Codec, error) {
 // have the Go types the Avro types map to (int64 for long, float64 for
 // double, string, []byte, bool, nil for a null column).
 func (c *Codec) Encode(row map[string]any) ([]byte, error) {
-	b, err := avro.Marshal(c.schema, row)
+	b, err := avroAPI.Marshal(c.schema, row)
 	if err != nil {
 		return nil, fmt.Errorf("databus: encode row: %w", err)
 	}
@@ -192,7 +198,7 @@ func (c *Codec) Encode(row map[string]any) ([]byte, error) {
 // Decode returns the row as a map keyed by field name.
 func (c *Codec) Decode(b []byte) (map[string]any, error) {
 	var m map[string]any
-	if err := avro.Unmarshal(c.schema, b, &m); err != nil {
+	if err := avroAPI.Unmarshal(c.schema, b, &m); err != nil {
 		return nil, fmt.Errorf("databus: decode row: %w", err)
 	}
 	return m, nil
@@ -201,7 +207,7 @@ func (c *Codec) Decode(b []byte) (map[string]any, error) {
 // DecodeInto decodes the row into v, a pointer to a struct whose fields are
 // tagged `avro:"field"`; nullable columns need pointer fields.
 func (c *Codec) DecodeInto(b []byte, v any) error {
-	if err := avro.Unmarshal(c.schema, b, v); err != nil {
+	if err := avroAPI.Unmarshal(c.schema, b, v); err != nil {
 		return fmt.Errorf("databus: decode row: %w", err)
 	}
 	return nil

@@ -74,3 +74,24 @@ func TestRegistryVersions(t *testing.T) {
 		t.Error("a key naming no column was accepted")
 	}
 }
+
+func TestCodecLargeValues(t *testing.T) {
+	p := person(1)
+	c, err := NewCodec(p.AvroSchema())
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 16<<20)
+	big[len(big)-1] = 7
+	b, err := c.Encode(map[string]any{"id": int64(1), "full_name": nil, "photo": big, "score": nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, err := c.Decode(b)
+	if err != nil {
+		t.Fatalf("a 16 MiB value does not decode: %v", err)
+	}
+	if got := row["photo"].([]byte); len(got) != len(big) || got[len(got)-1] != 7 {
+		t.Errorf("decoded %d bytes", len(got))
+	}
+}

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/databus-go/databus/relay"
 	"github.com/databus-go/databus/source"
+	"github.com/databus-go/databus/source/mysql"
 	"github.com/databus-go/databus/source/sqlite"
 )
 
@@ -25,6 +28,16 @@ import (
 //	    path: ./app.db
 //	    tables: [person, orders]
 //
+// or, for MariaDB/MySQL (see mysql.Config; its stateDir defaults to
+// <relay.stateDir>/mysql):
+//
+//	source:
+//	  mysql:
+//	    host: 127.0.0.1
+//	    user: databus
+//	    password: ${DATABUS_MYSQL_PASSWORD}
+//	    include: [shop.*]
+//
 // ${NAME} anywhere in the file is replaced by the environment variable NAME
 // (an unset variable is an error), so secrets stay out of the file.
 type fileConfig struct {
@@ -35,6 +48,7 @@ type fileConfig struct {
 // sourceConfig holds exactly one physical source.
 type sourceConfig struct {
 	SQLite *sqlite.Config `yaml:"sqlite"`
+	MySQL  *mysql.Config  `yaml:"mysql"`
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -79,16 +93,29 @@ func (c *fileConfig) validate() error {
 		return err
 	}
 	switch {
-	case c.Source.SQLite == nil:
-		return errors.New("source: configure one source, e.g. source.sqlite")
-	}
-	if err := c.Source.SQLite.Validate(); err != nil {
-		return fmt.Errorf("source.sqlite: %w", err)
+	case c.Source.SQLite != nil && c.Source.MySQL != nil:
+		return errors.New("source: configure exactly one of source.sqlite and source.mysql")
+	case c.Source.SQLite != nil:
+		if err := c.Source.SQLite.Validate(); err != nil {
+			return fmt.Errorf("source.sqlite: %w", err)
+		}
+	case c.Source.MySQL != nil:
+		if c.Source.MySQL.StateDir == "" {
+			c.Source.MySQL.StateDir = filepath.Join(c.Relay.StateDir, "mysql")
+		}
+		if err := c.Source.MySQL.Validate(); err != nil {
+			return fmt.Errorf("source.mysql: %w", err)
+		}
+	default:
+		return errors.New("source: configure one source, source.sqlite or source.mysql")
 	}
 	return nil
 }
 
 // openSource builds the configured source adapter.
-func (c *fileConfig) openSource() (source.Source, error) {
-	return sqlite.New(*c.Source.SQLite, nil)
+func (c *fileConfig) openSource(log *slog.Logger) (source.Source, error) {
+	if c.Source.MySQL != nil {
+		return mysql.New(*c.Source.MySQL, mysql.WithLogger(log))
+	}
+	return sqlite.New(*c.Source.SQLite, log)
 }

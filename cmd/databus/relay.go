@@ -30,7 +30,7 @@ func newRelayCmd() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration is valid\n", path)
 				return nil
 			}
-			src, err := cfg.openSource()
+			src, err := cfg.openSource(slog.Default())
 			if err != nil {
 				return err
 			}

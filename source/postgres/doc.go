@@ -1,0 +1,267 @@
+// Package postgres captures committed changes from a PostgreSQL database
+// through logical replication with the built-in pgoutput plugin, and
+// implements [source.Source].
+//
+// The adapter streams a permanent logical replication slot (pglogrepl over
+// a replication=database connection), decodes pgoutput's messages with the
+// table definitions the stream itself carries (relation messages), and
+// hands the relay one window per committed transaction.
+//
+// # Server requirements
+//
+// Open refuses, with a [*SettingError] naming what to change:
+//
+//	wal_level              logical     (postgresql.conf, restart)
+//	max_replication_slots  >= 1        (one slot per relay)
+//	max_wal_senders        >= 1
+//	role                   REPLICATION (ALTER ROLE ... WITH REPLICATION) or superuser
+//	PostgreSQL             10 or later; 14 or later for streaming and heartbeats
+//
+// for example "databus: postgres wal_level is replica; set wal_level=logical
+// in postgresql.conf and restart". Every configured table must exist and be
+// an ordinary table. The publication (Config.Publication, default
+// "databus") must publish insert, update, delete and truncate, cover every
+// configured table (or be FOR ALL TABLES) and have no row filter or column
+// list on them; Open creates it (CREATE PUBLICATION ... FOR TABLE, which
+// needs ownership of the tables and CREATE on the database) or adds missing
+// tables when Config.CreatePublication allows (the default). The slot
+// (Config.Slot, default "databus"; slots are cluster-wide, so give each
+// relay its own) must be a pgoutput slot of the same database that has not
+// lost WAL; Open creates it with pg_create_logical_replication_slot when
+// absent and Config.CreateSlot allows (the default). A role WITH
+// REPLICATION LOGIN that owns the tables needs nothing else: heartbeats
+// (pg_logical_emit_message) are allowed to it.
+//
+// # Positions and SCNs
+//
+// A window's SCN is its transaction's commit end LSN (the end of the commit
+// record), so SCNs follow the WAL, are the same for every relay reading the
+// database, and strictly increase. [source.Position] carries only the SCN.
+// Run(from) starts the slot at from.SCN and skips every transaction ending
+// at or before it (the server re-sends from the slot's restart point); the
+// zero Position starts at the slot's confirmed_flush_lsn. Window.TxID is
+// the transaction id (xid) in decimal, Window.Timestamp the commit time.
+//
+// # Durability by retention
+//
+// The slot keeps the server from removing WAL the relay may still need: the
+// adapter confirms (the flush and apply positions of its standby status
+// updates) only what the relay released, never further, so after a relay
+// crash the slot still holds every window after the last release and
+// Run(from = that position) yields the same windows with the same SCNs
+// (same events, same schema versions, same schema-change events; heartbeat
+// windows are WAL records too and come back identical). Release records
+// the position and wakes the capture loop, which confirms it at once; a
+// status update also goes out every Config.StatusInterval and whenever the
+// server asks (keepalive with reply requested). The write position
+// reported is what the adapter received, which the server only uses for
+// monitoring.
+//
+// A consequence: the server's WAL grows with the relay's buffer (see
+// Stats.SlotLagBytes). Another: a server shutting down waits for its
+// walsenders' clients to confirm everything sent, which the adapter will
+// not do for unreleased windows. It recognises the server's rapid repeated
+// requests for a reply, disconnects (the shutdown proceeds at once), and
+// reconnects with backoff once the server is back.
+//
+// Run checks the slot before every session. A slot that no longer exists,
+// that was invalidated (wal_status lost: WAL it needed was removed, see
+// max_slot_wal_keep_size), or whose confirmed_flush_lsn is beyond the resume
+// position (recreated, or consumed by another client) ends Run with a
+// [*SlotLostError] that says so and how to recover: recreate the slot,
+// re-seed the consumers from a bootstrap snapshot and restart capture with
+// an empty relay state.
+//
+// # Windows and events
+//
+// One window per committed transaction that changed a captured table,
+// events in the transaction's order. Transactions without captured changes
+// produce nothing. Every data event carries a key and images encoded with
+// the schema version it names:
+//
+//	INSERT  OpInsert, Payload = the new row
+//	UPDATE  OpUpdate, Payload = the new row; Before = the old row with
+//	        REPLICA IDENTITY FULL, none otherwise
+//	DELETE  OpDelete, Before = the old row with REPLICA IDENTITY FULL;
+//	        otherwise the key columns only, every other column null
+//
+// An UPDATE that changes the row's key becomes an OpDelete of the old key
+// (Before as for a DELETE) followed by an OpInsert of the new one, so that
+// consumers keyed by the key stay right.
+//
+// TRUNCATE of captured tables becomes, in its transaction's window, one
+// schema-change frame per table: the event.SchemaChange of the version in
+// force plus "ddl":"truncate","truncate":true (and "cascade",
+// "restartIdentity" as the statement had them), the MySQL adapter's layout.
+// A consumer must drop every row it holds for that source: the log carries
+// no row events for a TRUNCATE. The publication must publish truncate (Open
+// checks), so consumers are never left with stale rows silently.
+//
+// # Heartbeats
+//
+// When no window was emitted for Config.HeartbeatInterval (default 1s), the
+// adapter runs pg_logical_emit_message(false, 'databus', 'heartbeat <µs>')
+// on a normal connection (with txid_current() before PostgreSQL 17, so that
+// a commit flushes the message to the stream at once). pgoutput delivers
+// the message (messages 'true') with its LSN; every non-transactional
+// message with prefix "databus" becomes an empty window with SCN = that LSN
+// and the timestamp written in it. Messages and commits arrive in LSN order,
+// so the SCN is above the previous window's. Heartbeats of other relays on
+// the same database become windows too, identically for every reader.
+// Heartbeats need protocol version 2 (PostgreSQL 14): with version 1 an
+// idle database yields no windows.
+//
+// # Keys
+//
+// The key is the replica identity: the primary key (REPLICA IDENTITY
+// DEFAULT, and FULL, for which the adapter looks the primary key up in the
+// catalog), or the identity index's columns (USING INDEX); a table with
+// neither (or REPLICA IDENTITY NOTHING) uses the whole row, every column in
+// order. Key columns are in column order, not index order. Components:
+// smallint, integer, bigint, oid and domains over them with
+// event.AppendKeyInt; bytea with AppendKeyBytes; every other type with
+// AppendKeyString of the server's text form (text as is; numeric, floats,
+// dates, uuid... canonical text); NULL with AppendKeyNull.
+//
+// # Schemas from the log
+//
+// Rows are decoded with the definition carried by the relation message
+// before them, never with today's catalog. A relation message does not say
+// whether a column is NOT NULL, so every column is nullable ("null" first
+// in its union). Each distinct definition of a table (column names, types
+// with their modifiers as format_type renders them, key) is a schema
+// version of its logical source "schema.table". Ids (by name) and versions
+// (by definition) are assigned in order of discovery and persisted in
+// <StateDir>/postgres-schemas.json (format 1, written atomically with
+// fsync), together with the relation definitions seen (so that a re-read
+// never needs the catalog) and the commits at which each table's rows
+// switched version. Open returns every table's current definition from the
+// catalog, with the id and version the stream gives the same definition.
+//
+// pgoutput carries no DDL. A new definition (ALTER TABLE ADD/DROP/ALTER
+// COLUMN TYPE, a new replica identity) is announced by a schema-change
+// event (event.NewSchemaChange with Table.AvroSchema) right before the
+// first row that uses it, in that row's window; where those events fall is
+// decided by the persisted transitions, so a re-read puts them in the same
+// windows. A definition change without rows after it is not announced;
+// DROP TABLE and RENAME produce nothing (a renamed table is no longer the
+// configured name and stops being captured).
+//
+// # TOAST
+//
+// PostgreSQL does not log the value of a TOASTed column an UPDATE left
+// unchanged (pgoutput sends it as 'u'). The adapter never turns that into a
+// silent null. Every table's schema ends with the column UnchangedColumn
+// ("_databus_unchanged", an Avro array of strings): the Avro field names of
+// the columns the image does not carry. Those columns are null in the
+// image; a consumer keeps its previous value for them (from its own copy
+// of the row, or the bootstrap store's), i.e. it applies such an update as
+// a partial update. With REPLICA IDENTITY FULL the old row is logged whole,
+// so the adapter fills the values from it and the list stays empty. The
+// list is empty for inserts, deletes and before-images.
+//
+// # Types
+//
+// Values are decoded from pgoutput's text format; the replication session
+// sets DateStyle=ISO, IntervalStyle=iso_8601, TimeZone=UTC,
+// bytea_output=hex and extra_float_digits=3 so that the text is canonical.
+// Every column is the union ["null", T]:
+//
+//	PostgreSQL type               Avro type T                               value
+//	smallint, integer             int
+//	bigint                        long
+//	oid, xid, cid                 long
+//	numeric, numeric(p,s)         string                                    the exact text: "12.30", "NaN",
+//	                                                                        "Infinity", "-Infinity"
+//	real                          float                                     NaN and ±Infinity included
+//	double precision              double                                    NaN and ±Infinity included
+//	boolean                       boolean
+//	text, varchar(n), char(n),    string                                    char(n) keeps its padding
+//	  name, "char"
+//	bytea                         bytes
+//	date                          int, date                                 days since 1970-01-01;
+//	                                                                        infinity = 2147483647,
+//	                                                                        -infinity = -2147483648
+//	time(p)                       long, time-micros                         24:00:00 is 86400000000
+//	timetz                        string                                    "13:45:56+02"
+//	timestamp(p)                  long, local-timestamp-micros              wall clock, no zone
+//	timestamptz(p)                long, timestamp-micros                    UTC
+//	                                                                        (both: infinity = max int64,
+//	                                                                        -infinity = min int64; the few
+//	                                                                        values after 294247-01-10 also
+//	                                                                        saturate to max int64)
+//	interval                      string                                    ISO 8601: "P1Y2M3DT4H5M6.5S"
+//	uuid                          string, uuid
+//	json, jsonb                   string                                    the JSON text (jsonb normalised
+//	                                                                        by the server)
+//	enum types                    string                                    the label
+//	domains                       the base type's
+//	inet, cidr, macaddr           string                                    the server's text
+//	arrays of the above           array of ["null", T]                      multi-dimensional arrays are
+//	                                                                        flattened in row-major order;
+//	                                                                        lower bounds are dropped
+//	anything else (money, point,  string                                    the server's text (money's
+//	  tsvector, bit, xml, ranges,                                           depends on lc_monetary)
+//	  composite types, ...)
+//
+// The field's doc is format_type's rendering (for example "numeric(10,2)",
+// "character varying(10)", "mood[]"), part of the version's identity.
+//
+// # Large transactions and memory
+//
+// With protocol version 2 (PostgreSQL 14+) the adapter asks for streaming
+// ('on'): a transaction whose decoded changes exceed the server's
+// logical_decoding_work_mem (64MB by default; a user setting, so it can be
+// set per role or in ConnString) is sent in chunks while in progress
+// instead of being spilled to disk by the server. The adapter keeps each
+// streamed transaction's decoded events (keys and Avro images, roughly the
+// size of the rows) in memory until its Stream Commit, drops them on Stream
+// Abort, and drops a rolled-back subtransaction's events on its abort.
+// Other transactions are held until their Commit, which the server sends
+// only once the whole transaction is decoded. Memory is therefore the size
+// of the largest open transaction (Stats.HeldBytes); spilling to disk is
+// not implemented yet. The relay must be able to hold the whole window
+// anyway.
+//
+// # Reconnection and errors
+//
+// Run reconnects after connection failures, server restarts and crashes,
+// with capped exponential backoff between Config.MinBackoff and
+// MaxBackoff, always resuming after the last window emitted, so no window
+// is repeated or lost. It returns, without retrying: emit's error; ctx's
+// error; a [*SlotLostError]; a [*SettingError]; errors wrapping
+// [ErrDecode] (content the adapter cannot decode faithfully); schema
+// history errors; and the server's refusals (authentication, permission,
+// missing publication). The decision is in one function, retryable. While
+// emit blocks the adapter answers no keepalive: if it blocks longer than
+// the server's wal_sender_timeout (60s by default), the server drops the
+// connection and the adapter reconnects.
+//
+// Stats reports the released LSN, the slot's confirmed_flush_lsn and the
+// server's WAL position (refreshed every heartbeat interval), the slot lag
+// in bytes, wal_status, the newest SCN, heartbeat age, reconnections and
+// the bytes of open transactions held.
+//
+// # Concurrency
+//
+// Open, Run and Close are called by one goroutine at a time; Release and
+// Stats may run concurrently with Run. Run owns the replication connection
+// and a catalog connection (on its own goroutine) and one goroutine with
+// the heartbeat connection, and waits for that goroutine before it returns.
+//
+// # Limitations
+//
+//   - Streamed transactions are held in memory until they commit; there is
+//     no spilling to disk.
+//   - Partitioned tables are refused (capture their partitions, or wait for
+//     publish_via_partition_root support).
+//   - Multi-dimensional arrays lose their shape (flattened); arrays of
+//     types with another delimiter than ',' (box) are strings.
+//   - DROP TABLE, RENAME and definition changes without a later row are not
+//     signalled.
+//   - Ids and versions are per state directory: two relays capturing the
+//     same database agree on SCNs, not necessarily on schema ids and
+//     versions.
+//   - Only the text format is decoded (no binary 'true' option), and only
+//     tested on PostgreSQL 15.
+package postgres

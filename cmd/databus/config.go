@@ -14,6 +14,7 @@ import (
 	"github.com/databus-go/databus/relay"
 	"github.com/databus-go/databus/source"
 	"github.com/databus-go/databus/source/mysql"
+	"github.com/databus-go/databus/source/postgres"
 	"github.com/databus-go/databus/source/sqlite"
 )
 
@@ -28,7 +29,7 @@ import (
 //	    path: ./app.db
 //	    tables: [person, orders]
 //
-// or, for MariaDB/MySQL (see mysql.Config; its stateDir defaults to
+// or source.postgres (see postgres.Config), or, for MariaDB/MySQL (see mysql.Config; its stateDir defaults to
 // <relay.stateDir>/mysql):
 //
 //	source:
@@ -47,8 +48,20 @@ type fileConfig struct {
 
 // sourceConfig holds exactly one physical source.
 type sourceConfig struct {
-	SQLite *sqlite.Config `yaml:"sqlite"`
-	MySQL  *mysql.Config  `yaml:"mysql"`
+	SQLite   *sqlite.Config   `yaml:"sqlite"`
+	MySQL    *mysql.Config    `yaml:"mysql"`
+	Postgres *postgres.Config `yaml:"postgres"`
+}
+
+// count returns how many sources are configured.
+func (s *sourceConfig) count() int {
+	n := 0
+	for _, set := range []bool{s.SQLite != nil, s.MySQL != nil, s.Postgres != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -93,8 +106,8 @@ func (c *fileConfig) validate() error {
 		return err
 	}
 	switch {
-	case c.Source.SQLite != nil && c.Source.MySQL != nil:
-		return errors.New("source: configure exactly one of source.sqlite and source.mysql")
+	case c.Source.count() > 1:
+		return errors.New("source: configure exactly one of source.sqlite, source.mysql and source.postgres")
 	case c.Source.SQLite != nil:
 		if err := c.Source.SQLite.Validate(); err != nil {
 			return fmt.Errorf("source.sqlite: %w", err)
@@ -106,16 +119,26 @@ func (c *fileConfig) validate() error {
 		if err := c.Source.MySQL.Validate(); err != nil {
 			return fmt.Errorf("source.mysql: %w", err)
 		}
+	case c.Source.Postgres != nil:
+		if c.Source.Postgres.StateDir == "" {
+			c.Source.Postgres.StateDir = filepath.Join(c.Relay.StateDir, "postgres")
+		}
+		if err := c.Source.Postgres.Validate(); err != nil {
+			return fmt.Errorf("source.postgres: %w", err)
+		}
 	default:
-		return errors.New("source: configure one source, source.sqlite or source.mysql")
+		return errors.New("source: configure one source: source.sqlite, source.mysql or source.postgres")
 	}
 	return nil
 }
 
 // openSource builds the configured source adapter.
 func (c *fileConfig) openSource(log *slog.Logger) (source.Source, error) {
-	if c.Source.MySQL != nil {
+	switch {
+	case c.Source.MySQL != nil:
 		return mysql.New(*c.Source.MySQL, mysql.WithLogger(log))
+	case c.Source.Postgres != nil:
+		return postgres.New(*c.Source.Postgres, postgres.WithLogger(log))
 	}
 	return sqlite.New(*c.Source.SQLite, log)
 }

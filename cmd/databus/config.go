@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -92,7 +93,8 @@ func loadConfig(path string) (*fileConfig, error) {
 	var c fileConfig
 	d := yaml.NewDecoder(bytes.NewReader(raw))
 	d.KnownFields(true)
-	if err := d.Decode(&c); err != nil {
+	// An empty file is an empty document: validate names what is missing.
+	if err := d.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if err := c.validate(); err != nil {
@@ -111,6 +113,14 @@ func (c *fileConfig) validate() error {
 	case c.Source.SQLite != nil:
 		if err := c.Source.SQLite.Validate(); err != nil {
 			return fmt.Errorf("source.sqlite: %w", err)
+		}
+		// The relay retries opening its source forever, which is right for
+		// a database server that is down but not for a mistyped path: that
+		// is a configuration error, reported here (and by --check-config).
+		if st, err := os.Stat(c.Source.SQLite.Path); err != nil {
+			return fmt.Errorf("source.sqlite.path: %w", err)
+		} else if st.IsDir() {
+			return fmt.Errorf("source.sqlite.path: %s is a directory", c.Source.SQLite.Path)
 		}
 	case c.Source.MySQL != nil:
 		if c.Source.MySQL.StateDir == "" {

@@ -24,9 +24,7 @@ func main() {
 
 // oneLine renders an error as the single readable line the CLI promises.
 func oneLine(err error) string {
-	msg := strings.Join(strings.Fields(err.Error()), " ")
-	if !strings.HasPrefix(msg, "databus: ") {
-		msg = "databus: " + msg
-	}
-	return msg
+	// Wrapped errors from several packages each carry the prefix; say it once.
+	msg := strings.ReplaceAll(strings.Join(strings.Fields(err.Error()), " "), "databus: ", "")
+	return "databus: " + msg
 }

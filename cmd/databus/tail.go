@@ -59,17 +59,9 @@ func newTailCmd() *cobra.Command {
 
 func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
 	hc := &http.Client{Transport: bearer(o.token)}
-	start := checkpoint.Start()
-	if !o.fromStart {
-		scn, err := newestSCN(ctx, hc, o.relays)
-		if err != nil {
-			return err
-		}
-		start = checkpoint.At(scn)
-	}
 	w := bufio.NewWriterSize(out, 64<<10)
 	p := &printer{w: w, windows: o.windows}
-	opts := []client.Option{client.WithStart(start), client.WithHTTPClient(hc), client.WithName("tail"), client.WithEmptyWindows()}
+	opts := []client.Option{client.WithHTTPClient(hc), client.WithName("tail"), client.WithEmptyWindows()}
 	if o.checkpointFile != "" {
 		opts = append(opts, client.WithCheckpointStore(client.NewFileStore(o.checkpointFile)))
 	}
@@ -79,7 +71,23 @@ func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
 	if o.partition != "" {
 		opts = append(opts, client.WithPartition(o.partition))
 	}
-	c, err := client.New(o.relays, p, opts...)
+	// Every flag is checked before the first request, so that a bad one is
+	// reported as itself rather than as an unreachable relay.
+	if _, err := client.New(o.relays, p, opts...); err != nil {
+		return err
+	}
+	// One request to the relays even with --from-start: client.Run retries
+	// unreachable relays forever, which suits a running tail but not a
+	// mistyped --relay.
+	scn, err := newestSCN(ctx, hc, o.relays)
+	if err != nil {
+		return err
+	}
+	start := checkpoint.Start()
+	if !o.fromStart {
+		start = checkpoint.At(scn)
+	}
+	c, err := client.New(o.relays, p, append(opts, client.WithStart(start))...)
 	if err != nil {
 		return err
 	}

@@ -82,6 +82,20 @@
 // window; it never blocks delivery. A failed save on Run's way out is
 // returned.
 //
+// # Memory
+//
+// A relay response holds at least one whole window, whatever WithMaxBytes
+// says, and the client reads each response whole before it decodes it: a
+// window is handed to the handler whole, so it is in memory whole. A
+// consumer therefore needs memory for its largest window, about twice its
+// encoded size (the response body, which events alias, plus the decoded
+// events): a transaction of a million narrow rows is some 80 MB on the
+// wire and 200-250 MB in the consumer. Up to WithBufferWindows windows
+// are read ahead of the handler. No limit of the client refuses a large
+// response: the request timeout (WithRequestTimeout) bounds the wait for
+// the response to start and each pause in its body, not its whole
+// transfer.
+//
 // # Concurrency
 //
 // Run starts one goroutine, which fetches up to WithBufferWindows windows

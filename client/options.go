@@ -196,8 +196,11 @@ func WithCallbackTimeout(d time.Duration) Option {
 	}
 }
 
-// WithRequestTimeout bounds one relay request beyond its long-poll wait
-// (default 30s), so that a relay that stalls is left for the next one.
+// WithRequestTimeout bounds how long a relay may stall (default 30s): the
+// wait for response headers beyond the long-poll wait, and every pause while
+// the body arrives. It does not bound the whole transfer, so a large window
+// that streams steadily is never cut off; a relay that stops sending is left
+// for the next one.
 func WithRequestTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {

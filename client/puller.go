@@ -184,10 +184,20 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 	if cfg.name != "" {
 		v.Set("client", cfg.name)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.wait+cfg.reqTimeout)
-	defer cancel()
+	// The request may take its long-poll wait plus the request timeout to
+	// answer; then its body may take as long as it needs while it flows (a
+	// single window can be far larger than maxBytes), but no more than the
+	// request timeout without a byte.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("databus: relay %s: nothing received for the request timeout (%v, beyond the long-poll wait)", relay, cfg.reqTimeout)
+	timer := time.AfterFunc(cfg.wait+cfg.reqTimeout, func() { cancel(stalled) })
+	defer timer.Stop()
 	resp, err := p.get(ctx, relay, "/v1/stream?"+v.Encode())
 	if err != nil {
+		if context.Cause(ctx) == stalled {
+			err = stalled
+		}
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
@@ -197,7 +207,11 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 			p.c.stats.relayMaxSCN.Store(scn)
 		}
 	}
-	body, readErr = readBody(resp)
+	timer.Reset(cfg.reqTimeout)
+	body, readErr = readBody(resp, func() { timer.Reset(cfg.reqTimeout) })
+	if readErr != nil && context.Cause(ctx) == stalled {
+		readErr = stalled
+	}
 	p.c.stats.bytes.Add(uint64(len(body)))
 	if len(body) > 0 {
 		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != framesType {
@@ -208,8 +222,10 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 }
 
 // readBody reads a whole response body into a buffer of its own: windows
-// alias it, and it is never reused.
-func readBody(resp *http.Response) ([]byte, error) {
+// alias it, and it is never reused. There is no size limit: a response
+// holds at least one whole window, whatever its size. progress is called
+// after every read that returned bytes.
+func readBody(resp *http.Response, progress func()) ([]byte, error) {
 	n := resp.ContentLength
 	if n < 0 || n > event.MaxFrameSize {
 		n = 64 << 10
@@ -221,6 +237,9 @@ func readBody(resp *http.Response) ([]byte, error) {
 		}
 		m, err := resp.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+m]
+		if m > 0 {
+			progress()
+		}
 		if err == io.EOF {
 			return buf, nil
 		}

@@ -82,10 +82,14 @@ func (r *Relay) capture(ctx context.Context, wg *sync.WaitGroup) {
 	r.log.Info("source open", "from", r.start.LowWatermark.SCN)
 	wg.Go(func() { r.releaseLoop(ctx, opened) })
 
-	c := &capturer{r: r, pos: r.start.LowWatermark, arena: newArena(int64(r.cfg.Buffer.MaxBytes))}
+	c := &capturer{r: r, pos: r.start.LowWatermark, arena: newArena(int64(r.cfg.Buffer.MaxBytes)), sp: newSpiller(r.spillDir, &r.cfg)}
+	defer c.sp.discard()
 	for {
 		before := c.windows
 		err := r.src.Run(ctx, c.pos, c.emit)
+		// Chunks without their final window are abandoned: the next Run
+		// emits the transaction again from its start.
+		c.abandon()
 		if ctx.Err() != nil {
 			return
 		}
@@ -128,6 +132,9 @@ type capturer struct {
 	windows int64
 	dupLog  time.Time
 	arena   arena
+	// sp spools the chunks of a window still arriving and writes the
+	// segment files of large windows.
+	sp *spiller
 }
 
 // arena hands out the byte slices windows are encoded into, carved one
@@ -165,12 +172,19 @@ func (a *arena) alloc(n int) []byte {
 	return a.chunk[start:start]
 }
 
-// emit encodes one window and appends it to the buffer.
+// emit takes one window, or one chunk of a window, from the source.
 func (c *capturer) emit(ctx context.Context, w *source.Window) error {
+	if w.Partial {
+		return c.chunk(w)
+	}
+	if w.Abandon {
+		return fmt.Errorf("%w: window scn %d has Abandon set without Partial", ErrSourceContract, w.SCN)
+	}
 	r := c.r
 	if w.SCN <= r.buf.LastSCN() {
 		// Already held (a source replaying after a reconnect): appending it
 		// again would repeat an SCN.
+		c.sp.discard()
 		r.m.duplicates.Inc()
 		if now := time.Now(); now.Sub(c.dupLog) > time.Minute {
 			c.dupLog = now
@@ -178,52 +192,127 @@ func (c *capturer) emit(ctx context.Context, w *source.Window) error {
 		}
 		return nil
 	}
-	size, count := 0, uint32(0)
-	for i := range w.Events {
-		e := &w.Events[i]
-		if e.SCN != w.SCN {
-			return fmt.Errorf("%w: event %d of window %d has scn %d", ErrSourceContract, i, w.SCN, e.SCN)
+	err := c.append(w)
+	c.sp.discard()
+	return err
+}
+
+// chunk spools one chunk of a window whose commit the source has not read
+// yet (see "Large transactions" in package source).
+func (c *capturer) chunk(w *source.Window) error {
+	if w.SCN != 0 || w.TxID != "" || w.Position.SCN != 0 || len(w.Position.Data) != 0 {
+		return fmt.Errorf("%w: a partial window (chunk) carries an SCN, transaction id or position (scn %d)", ErrSourceContract, w.SCN)
+	}
+	if w.Abandon {
+		if len(w.Events) > 0 {
+			return fmt.Errorf("%w: an abandoning chunk carries %d events", ErrSourceContract, len(w.Events))
+		}
+		c.abandon()
+		return nil
+	}
+	size, count, err := c.check(w.Events, 0)
+	if err != nil {
+		return err
+	}
+	if err := c.sp.addChunk(w.Events, int64(size), count, c.r.buf.LastSCN()); err != nil {
+		c.sp.discard()
+		return err
+	}
+	c.r.m.chunksIn.Inc()
+	return nil
+}
+
+// abandon discards the chunks spooled, if any.
+func (c *capturer) abandon() {
+	if c.sp.spool != nil {
+		c.sp.discard()
+		c.r.m.abandoned.Inc()
+	}
+}
+
+// check validates a window's (or chunk's) events, every one of which must
+// carry scn, and registers its schema changes. It returns their encoded
+// size and the number of data events.
+func (c *capturer) check(events []event.Event, scn uint64) (size int, count uint32, err error) {
+	for i := range events {
+		e := &events[i]
+		if e.SCN != scn {
+			if scn == 0 {
+				return 0, 0, fmt.Errorf("%w: event %d of a partial window has scn %d, not 0", ErrSourceContract, i, e.SCN)
+			}
+			return 0, 0, fmt.Errorf("%w: event %d of window %d has scn %d", ErrSourceContract, i, scn, e.SCN)
 		}
 		switch e.Kind {
 		case event.KindData:
 			count++
 		case event.KindSchemaChange:
-			r.registerChange(e)
+			c.r.registerChange(e)
 		default:
-			return fmt.Errorf("%w: event %d of window %d is of kind %v", ErrSourceContract, i, w.SCN, e.Kind)
+			return 0, 0, fmt.Errorf("%w: event %d of window %d is of kind %v", ErrSourceContract, i, scn, e.Kind)
 		}
 		size += e.Size()
 	}
-	eow := event.EndOfWindow(w.SCN, w.Timestamp, count, w.TxID)
-	size += eow.Size()
+	return size, count, nil
+}
+
+// append encodes a whole window, or the final chunk of a spooled one, in
+// memory or into a segment file, and appends it to the buffer.
+func (c *capturer) append(w *source.Window) error {
+	r := c.r
+	size, count, err := c.check(w.Events, w.SCN)
+	if err != nil {
+		return err
+	}
+	spooled, spooledEvents := c.sp.spooled()
+	eow := event.EndOfWindow(w.SCN, w.Timestamp, count+spooledEvents, w.TxID)
+	total := spooled + int64(size+eow.Size())
 	pos := w.Position
 	pos.SCN = w.SCN // a window's Position is the one after it: its SCN is the window's
 	pj, err := marshalPosition(pos)
 	if err != nil {
 		return fmt.Errorf("%w: window scn %d: position: %v", ErrSourceContract, w.SCN, err)
 	}
-	// Refuse a window the buffer cannot hold before encoding it, rather than
-	// allocating its size once more only for Append to refuse it.
-	if need, limit := int64(size+len(pj))+buffer.Overhead, int64(r.cfg.Buffer.MaxBytes); need > limit {
-		return &buffer.WindowTooLargeError{SCN: w.SCN, Size: need, MaxBytes: limit}
-	}
-	data := c.arena.alloc(size)
-	for i := range w.Events {
-		if data, err = event.AppendFrame(data, &w.Events[i]); err != nil {
+	bw := buffer.Window{SCN: w.SCN, Timestamp: w.Timestamp, Events: int(count + spooledEvents), Position: pj}
+	if total <= c.sp.threshold {
+		data := c.arena.alloc(int(total))
+		if spooled > 0 {
+			if data, err = c.sp.readSpool(data, w.SCN, w.Timestamp); err != nil {
+				return err
+			}
+		}
+		for i := range w.Events {
+			if data, err = event.AppendFrame(data, &w.Events[i]); err != nil {
+				return fmt.Errorf("window scn %d: %w", w.SCN, err)
+			}
+		}
+		if data, err = event.AppendFrame(data, &eow); err != nil {
+			return fmt.Errorf("window scn %d: %w", w.SCN, err)
+		}
+		bw.Data = data
+	} else {
+		// Refuse a window the buffer cannot hold before writing it, rather
+		// than writing it only for Append to refuse it.
+		if total > c.sp.maxSpill {
+			return &buffer.WindowTooLargeError{SCN: w.SCN, Size: total, MaxBytes: c.sp.maxSpill, Spill: true}
+		}
+		if bw.Spill, err = c.sp.writeSegment(w, &eow, total); err != nil {
 			return fmt.Errorf("window scn %d: %w", w.SCN, err)
 		}
 	}
-	if data, err = event.AppendFrame(data, &eow); err != nil {
-		return fmt.Errorf("window scn %d: %w", w.SCN, err)
-	}
-	if _, err := r.buf.Append(buffer.Window{SCN: w.SCN, Timestamp: w.Timestamp, Events: int(count), Data: data, Position: pj}); err != nil {
+	if _, err := r.buf.Append(bw); err != nil {
+		if bw.Spill != nil {
+			bw.Spill.Discard()
+		}
 		return err
 	}
 	c.pos = pos
 	c.windows++
 	r.m.windowsIn.Inc()
-	r.m.eventsIn.Add(float64(count))
-	r.m.bytesIn.Add(float64(len(data)))
+	if bw.Spill != nil {
+		r.m.windowsSpilled.Inc()
+	}
+	r.m.eventsIn.Add(float64(bw.Events))
+	r.m.bytesIn.Add(float64(total))
 	r.m.lastCapture.Set(float64(r.now().UnixNano()) / 1e9)
 	r.captured(w.SCN)
 	return nil

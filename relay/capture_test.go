@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/relay/buffer"
 	"github.com/databus-go/databus/schema"
 	"github.com/databus-go/databus/source"
 )
@@ -29,13 +31,21 @@ func readPositionFile(t testing.TB, dir string) position {
 	return p
 }
 
-// held returns the data of every window the relay holds, by SCN.
+// held returns the frames of every window the relay holds, by SCN.
 func held(r *Relay) map[uint64][]byte {
 	in := r.Buffer().Info()
 	ws, _ := r.Buffer().Read(in.LowWatermark, 1<<40, nil)
+	defer buffer.Release(ws)
 	out := map[uint64][]byte{}
 	for _, w := range ws {
 		out[w.SCN] = w.Data
+		if w.Spill != nil {
+			b, err := io.ReadAll(w.Spill.Reader())
+			if err != nil {
+				panic(err)
+			}
+			out[w.SCN] = b
+		}
 	}
 	return out
 }
@@ -237,10 +247,14 @@ func (s replaying) Run(ctx context.Context, from source.Position, emit func(cont
 	return s.memSource.Run(ctx, source.Position{}, emit)
 }
 
+// TestWindowTooLarge: a window larger than buffer.maxSpillBytes stops
+// capture with an error naming the setting (a window merely larger than
+// buffer.maxBytes is spilled: see TestSpilledWindow).
 func TestWindowTooLarge(t *testing.T) {
 	src := newMemSource(t)
 	cfg := testConfig(t)
 	cfg.Buffer.MaxBytes = 64 * KiB
+	cfg.Buffer.MaxSpillBytes = 64 * KiB
 	src.add(5)
 	name := strings.Repeat("y", 70<<10)
 	src.addWindow(source.Window{SCN: 100, Timestamp: 1, Position: source.Position{SCN: 100, Data: json.RawMessage(`{"off":700}`)},
@@ -252,7 +266,7 @@ func TestWindowTooLarge(t *testing.T) {
 	resp, body := h.get("/healthz")
 	var hz health
 	json.Unmarshal(body, &hz)
-	if resp.StatusCode != 503 || hz.Status != "error" || hz.Retrying || !strings.Contains(hz.Error, "buffer.maxBytes") || hz.MaxSCN != 50 {
+	if resp.StatusCode != 503 || hz.Status != "error" || hz.Retrying || !strings.Contains(hz.Error, "buffer.maxSpillBytes") || hz.MaxSCN != 50 {
 		t.Errorf("healthz: %d %s", resp.StatusCode, body)
 	}
 	if !strings.Contains(h.logs.String(), "capture stopped") {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go.yaml.in/yaml/v3"
 	"log/slog"
 	"math"
 	"net"
@@ -21,20 +22,26 @@ import (
 //	  stateDir: /var/lib/databus/relay
 //	  buffer:
 //	    maxBytes: 64MiB
+//	    maxSpillBytes: 4GiB
 //	  releaseInterval: 1s
 //	  authToken: ${DATABUS_TOKEN}
 //
 // # Memory
 //
-// The relay holds at most Buffer.MaxBytes of windows (the buffer charges a
-// small per-window overhead, see buffer.Overhead; windows are carved from
-// chunks of MaxBytes/16, at most 1 MiB, which adds up to two chunks). Run sets a soft Go memory limit
-// (runtime/debug.SetMemoryLimit) of Buffer.MaxBytes + 48 MiB unless the
-// GOMEMLIMIT environment variable is set, so that with a full buffer the
-// process stays within about Buffer.MaxBytes + 64 MiB of RSS: the garbage
-// collector works harder rather than letting evicted windows and response
-// buffers pile up. Each in-flight /v1/stream response adds at most 256 KiB
-// of write buffer plus one filtered window.
+// The relay holds at most Buffer.MaxBytes of windows in memory (the buffer
+// charges a small per-window overhead, see buffer.Overhead; windows are
+// carved from chunks of MaxBytes/16, at most 1 MiB, which adds up to two
+// chunks). A window larger than MaxBytes/16 is spilled to a file under
+// <stateDir>/spill/ instead, within Buffer.MaxSpillBytes of disk (see
+// Relay), so a transaction of any size passes through bounded memory. Run
+// sets a soft Go memory limit (runtime/debug.SetMemoryLimit) of
+// Buffer.MaxBytes + 32 MiB unless the GOMEMLIMIT environment variable is
+// set, so that with a full buffer the process stays within about
+// Buffer.MaxBytes + 64 MiB of RSS: the garbage collector works harder
+// rather than letting evicted windows and response buffers pile up. Each
+// in-flight /v1/stream response adds at most 256 KiB of write buffer plus
+// one filtered window (or, for a spilled window, a 64 KiB read buffer and
+// one filtered frame).
 type Config struct {
 	// Listen is the TCP address of the HTTP API. Default 127.0.0.1:8080;
 	// a port of 0 picks a free one (see Relay.Addr).
@@ -56,16 +63,23 @@ type Config struct {
 
 // BufferConfig configures the event buffer.
 type BufferConfig struct {
-	// MaxBytes bounds the windows held, e.g. 64MiB (the default) or 1GiB;
-	// at least 64KiB. A single window larger than this stops capture (see
-	// Relay).
+	// MaxBytes bounds the memory of the windows held, e.g. 64MiB (the
+	// default) or 1GiB; at least 64KiB. A window larger than MaxBytes/16 is
+	// not held in memory but spilled to a file (see MaxSpillBytes) and
+	// charged a few hundred bytes here.
 	MaxBytes ByteSize `yaml:"maxBytes" json:"maxBytes"`
+	// MaxSpillBytes bounds the disk the spilled windows take under
+	// <stateDir>/spill/, e.g. 4GiB (the default); the oldest windows are
+	// evicted to stay within both bounds. A single window larger than this
+	// stops capture (see Relay).
+	MaxSpillBytes ByteSize `yaml:"maxSpillBytes" json:"maxSpillBytes"`
 }
 
 // Defaults.
 const (
 	DefaultListen          = "127.0.0.1:8080"
 	DefaultBufferMaxBytes  = 64 * MiB
+	DefaultMaxSpillBytes   = 4 * GiB
 	DefaultReleaseInterval = time.Second
 	minBufferMaxBytes      = 64 * KiB
 	minReleaseInterval     = 10 * time.Millisecond
@@ -78,6 +92,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Buffer.MaxBytes == 0 {
 		c.Buffer.MaxBytes = DefaultBufferMaxBytes
+	}
+	if c.Buffer.MaxSpillBytes == 0 {
+		c.Buffer.MaxSpillBytes = DefaultMaxSpillBytes
 	}
 	if c.ReleaseInterval == 0 {
 		c.ReleaseInterval = DefaultReleaseInterval
@@ -104,6 +121,9 @@ func (c Config) Validate() error {
 	}
 	if c.Buffer.MaxBytes < minBufferMaxBytes {
 		return fmt.Errorf("%w: buffer.maxBytes %v is below the minimum %v", ErrConfig, c.Buffer.MaxBytes, ByteSize(minBufferMaxBytes))
+	}
+	if c.Buffer.MaxSpillBytes < 0 {
+		return fmt.Errorf("%w: buffer.maxSpillBytes %d is negative", ErrConfig, c.Buffer.MaxSpillBytes)
 	}
 	if c.ReleaseInterval < minReleaseInterval {
 		return fmt.Errorf("%w: releaseInterval %v is below the minimum %v", ErrConfig, c.ReleaseInterval, minReleaseInterval)
@@ -213,6 +233,17 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	v, err := ParseByteSize(string(text))
 	if err != nil {
 		return err
+	}
+	*b = v
+	return nil
+}
+
+// UnmarshalYAML names the line of a size that does not parse, as yaml's own
+// errors do (yaml reports a TextUnmarshaler's error without a position).
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	*b = v
 	return nil

@@ -14,15 +14,20 @@
 //     newest SCN held is skipped (and counted), never appended twice.
 //   - No silent gap: a checkpoint older than what the buffer holds gets
 //     410 scn_not_held with the oldest SCN and low watermark, never a
-//     partial stream. A window larger than the whole buffer stops capture
-//     (logged, /healthz 503, databus_relay_capture_stopped 1); it is never
-//     skipped, and the relay goes on serving what it holds.
-//   - Bounded memory: the buffer holds at most Config.Buffer.MaxBytes (plus
-//     up to two encoding chunks, see Config); each response adds at most a
-//     256 KiB write buffer and one rendered window; a slow client only keeps
-//     the windows of its own response alive.
+//     partial stream. A window larger than buffer.maxSpillBytes stops
+//     capture (logged, /healthz 503, databus_relay_capture_stopped 1); it is
+//     never skipped, and the relay goes on serving what it holds.
+//   - Bounded memory: the buffer holds at most Config.Buffer.MaxBytes in
+//     memory (plus up to two encoding chunks, see Config). A window larger
+//     than MaxBytes/16 is never in memory: it is spilled to a file (see
+//     "Large windows") and streamed from it. Each response adds at most a
+//     256 KiB write buffer and one rendered in-memory window, or, for a
+//     spilled window on the filtered or JSON path, a 64 KiB read buffer and
+//     one rendered frame; a slow client only keeps the windows of its own
+//     response alive (a spilled one as an open file).
 //   - Durability by retention (see package source): the relay keeps nothing
-//     on disk but its position; the source keeps every window after it.
+//     on disk but its position (and the spilled windows, a cache that a
+//     restart empties); the source keeps every window after it.
 //
 // # Capture and persistence order
 //
@@ -36,11 +41,43 @@
 //  3. src.Run from the persisted low watermark position. Each window: its
 //     schema-change events are registered (and schemas.json rewritten),
 //     its events and an end-of-window frame are encoded into one byte
-//     slice, and it is appended to the buffer with its Position as JSON.
+//     slice (or, for a large window, into a file), and it is appended to
+//     the buffer with its Position as JSON. The chunks of a window (see
+//     "Large transactions" in package source) are spooled to a file as
+//     they arrive, and the window is built at its final chunk; chunks
+//     without their final window when Run returns are discarded.
 //  4. On a retryable error (everything but a window too large for the
 //     buffer, or a source breaking its contract), src.Run again from the
 //     Position of the newest window appended, after a backoff of 100ms
 //     doubling up to 30s and reset by progress.
+//
+// # Large windows
+//
+// A window whose frames exceed Buffer.MaxBytes/16 is written to
+// <StateDir>/spill/<scn>.win, exactly the bytes a response sends (every
+// frame stamped with the window's SCN, then the end-of-window frame), and
+// the buffer holds the open file: it charges the window a few hundred bytes
+// against Buffer.MaxBytes and its file's size against
+// Buffer.MaxSpillBytes, evicting the oldest windows to stay within both. A
+// window that arrives in chunks is first spooled to
+// <StateDir>/spill/chunks-*.tmp with frames of SCN 0; at its final chunk it
+// is copied, stamped, into memory (when small) or into its segment file
+// through fixed 256 KiB buffers, never whole in memory. Evicting a spilled
+// window deletes its file at once; responses already sending it read on
+// through the open file (readers never open files by name, and only use
+// ReadAt), which is closed when the last of them is done.
+//
+// /v1/stream sends a spilled window whole, like any other: on the binary
+// unfiltered path its file is copied to the connection; on the filtered
+// and JSON paths it is rendered frame by frame, and only as the first
+// window of a response (its filtered size is known only once sent). While
+// a spilled window is written, the write deadline moves with every write,
+// so a slow client that keeps reading gets it, and a stalled one is cut
+// after a minute.
+//
+// Nothing in spill/ is synced or durable: the source's log is the durable
+// copy. New empties the directory (the source emits the windows again
+// after a restart), and Run empties it on its way out.
 //
 // The release goroutine, every Config.ReleaseInterval: when the buffer's
 // low watermark (the position after the newest evicted window) or the

@@ -178,6 +178,9 @@ type bufferJSON struct {
 	Events       int64  `json:"events"`
 	Bytes        int64  `json:"bytes"`
 	MaxBytes     int64  `json:"maxBytes"`
+	Spilled      int    `json:"spilledWindows"`
+	SpillBytes   int64  `json:"spillBytes"`
+	MaxSpill     int64  `json:"maxSpillBytes"`
 	OldestTS     string `json:"oldestTs,omitempty"`
 	NewestTS     string `json:"newestTs,omitempty"`
 }
@@ -187,7 +190,7 @@ func formatTS(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC33
 func (r *Relay) bufferInfo() bufferJSON {
 	in := r.buf.Info()
 	b := bufferJSON{MinSCN: in.MinSCN, MaxSCN: in.MaxSCN, LowWatermark: in.LowWatermark, Windows: in.Windows,
-		Events: in.Events, Bytes: in.Bytes, MaxBytes: in.MaxBytes}
+		Events: in.Events, Bytes: in.Bytes, MaxBytes: in.MaxBytes, Spilled: in.SpilledWindows, SpillBytes: in.SpillBytes, MaxSpill: in.MaxSpillBytes}
 	if in.Windows > 0 {
 		b.OldestTS, b.NewestTS = formatTS(in.OldestTimestamp), formatTS(in.NewestTimestamp)
 	}
@@ -224,6 +227,7 @@ var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 <tr><th>windows</th><td>{{.Buffer.Windows}}</td></tr>
 <tr><th>events</th><td>{{.Buffer.Events}}</td></tr>
 <tr><th>bytes</th><td>{{.Buffer.Bytes}} of {{.Buffer.MaxBytes}}</td></tr>
+<tr><th>spilled</th><td>{{.Buffer.Spilled}} windows, {{.Buffer.SpillBytes}} of {{.Buffer.MaxSpill}} bytes</td></tr>
 <tr><th>oldest</th><td>{{.Buffer.OldestTS}}</td></tr>
 <tr><th>newest</th><td>{{.Buffer.NewestTS}}</td></tr>
 </table>

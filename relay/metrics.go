@@ -15,6 +15,8 @@ type metrics struct {
 	eventsIn, bytesIn, windowsIn    prometheus.Counter
 	eventsOut, bytesOut, windowsOut prometheus.Counter
 	duplicates                      prometheus.Counter
+	chunksIn, abandoned             prometheus.Counter
+	windowsSpilled                  prometheus.Counter
 	captureErrors                   prometheus.Counter
 	captureStopped                  prometheus.Gauge
 	lastCapture                     prometheus.Gauge
@@ -41,6 +43,9 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer) (*metrics, error)
 		bytesOut:       counter("bytes_out_total", "Bytes of windows served to clients (binary or JSON)."),
 		windowsOut:     counter("windows_out_total", "Windows served to clients."),
 		duplicates:     counter("windows_duplicate_total", "Windows the source emitted again at or below the newest SCN held; they are not appended twice."),
+		chunksIn:       counter("chunks_in_total", "Chunks of large windows spooled to disk while their transaction was still arriving."),
+		abandoned:      counter("windows_abandoned_total", "Large windows whose chunks were discarded before their final chunk (the source emits them again)."),
+		windowsSpilled: counter("windows_spilled_total", "Windows larger than buffer.maxBytes/16, held in files under the state directory's spill/."),
 		captureErrors:  counter("capture_errors_total", "Errors of the source or of capture; capture retries all but the permanent ones."),
 		captureStopped: gauge("capture_stopped", "1 when capture has stopped for good (see /healthz for why)."),
 		lastCapture:    gauge("last_capture_timestamp_seconds", "Wall-clock time of the last window captured."),
@@ -56,6 +61,7 @@ func newMetrics(reg prometheus.Registerer, buf *buffer.Buffer) (*metrics, error)
 	}
 	cs := []prometheus.Collector{
 		m.eventsIn, m.bytesIn, m.windowsIn, m.eventsOut, m.bytesOut, m.windowsOut, m.duplicates,
+		m.chunksIn, m.abandoned, m.windowsSpilled,
 		m.captureErrors, m.captureStopped, m.lastCapture, m.persistErrors, m.releaseErrors,
 		m.connected, m.clientLagSCN, m.clientLagSeconds, m.httpErrors, bufferCollector{buf},
 	}
@@ -82,8 +88,11 @@ func desc(name, help string) *prometheus.Desc {
 }
 
 var (
-	descBufBytes    = desc("buffer_bytes", "Bytes held by the event buffer, per-window overhead included.")
-	descBufMax      = desc("buffer_max_bytes", "Configured bound of the event buffer.")
+	descBufBytes    = desc("buffer_bytes", "Bytes held by the event buffer in memory, per-window overhead included.")
+	descBufMax      = desc("buffer_max_bytes", "Configured bound of the event buffer's memory.")
+	descSpillBytes  = desc("buffer_spill_bytes", "Bytes of the spilled windows' files.")
+	descSpillMax    = desc("buffer_spill_max_bytes", "Configured bound of the spilled windows' files (buffer.maxSpillBytes).")
+	descSpilled     = desc("buffer_spilled_windows", "Windows held in files rather than in memory.")
 	descBufWindows  = desc("buffer_windows", "Windows held by the event buffer.")
 	descBufEvents   = desc("buffer_events", "Data events held by the event buffer.")
 	descBufMinSCN   = desc("buffer_min_scn", "SCN of the oldest window held (0 when empty).")
@@ -93,7 +102,7 @@ var (
 )
 
 func (c bufferCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBufBytes, descBufMax, descBufWindows, descBufEvents, descBufMinSCN, descBufMaxSCN, descLowWM, descCaptureLagS} {
+	for _, d := range []*prometheus.Desc{descBufBytes, descBufMax, descSpillBytes, descSpillMax, descSpilled, descBufWindows, descBufEvents, descBufMinSCN, descBufMaxSCN, descLowWM, descCaptureLagS} {
 		ch <- d
 	}
 }
@@ -103,6 +112,9 @@ func (c bufferCollector) Collect(ch chan<- prometheus.Metric) {
 	g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
 	g(descBufBytes, float64(in.Bytes))
 	g(descBufMax, float64(in.MaxBytes))
+	g(descSpillBytes, float64(in.SpillBytes))
+	g(descSpillMax, float64(in.MaxSpillBytes))
+	g(descSpilled, float64(in.SpilledWindows))
 	g(descBufWindows, float64(in.Windows))
 	g(descBufEvents, float64(in.Events))
 	g(descBufMinSCN, float64(in.MinSCN))

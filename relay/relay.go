@@ -31,7 +31,7 @@ const (
 	// connection (and the windows it is being sent) forever.
 	writeSlack = time.Minute
 	// memoryHeadroom is added to buffer.maxBytes for the soft memory limit.
-	memoryHeadroom = 48 << 20
+	memoryHeadroom = 32 << 20
 )
 
 // ErrRunTwice is returned by a second call of Relay.Run.
@@ -53,6 +53,9 @@ type Relay struct {
 
 	// start is the position read from the state directory at New; read-only.
 	start position
+	// spillDir holds the files of large windows (see spill.go); New
+	// empties it.
+	spillDir string
 
 	started atomic.Bool
 	ready   chan struct{} // closed once Run listens; addr is set before
@@ -111,6 +114,10 @@ func New(cfg Config, src source.Source, log *slog.Logger, reg prometheus.Registe
 	if err != nil {
 		return nil, err
 	}
+	spillDir, err := resetSpillDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	r := &Relay{
 		cfg:       cfg,
 		src:       src,
@@ -120,6 +127,7 @@ func New(cfg Config, src source.Source, log *slog.Logger, reg prometheus.Registe
 		gatherer:  gatherer,
 		now:       time.Now,
 		start:     pos,
+		spillDir:  spillDir,
 		persisted: pos,
 		ready:     make(chan struct{}),
 		open:      make(chan struct{}),
@@ -138,6 +146,7 @@ func New(cfg Config, src source.Source, log *slog.Logger, reg prometheus.Registe
 		startPos = nil
 	}
 	r.buf.SetStart(pos.LowWatermark.SCN, startPos)
+	r.buf.SetSpillBounds(int64(cfg.Buffer.MaxSpillBytes), maxSpilledWindows)
 	r.recapturing = pos.MaxSCN > pos.LowWatermark.SCN
 	if r.m, err = newMetrics(reg, r.buf); err != nil {
 		return nil, fmt.Errorf("databus: relay metrics: %w", err)
@@ -240,6 +249,11 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	r.stateMu.Lock()
 	r.persistLocked()
 	r.stateMu.Unlock()
+	// The spilled windows' files go; the buffer still reads them through
+	// the files it holds open.
+	if _, err := resetSpillDir(r.cfg.StateDir); err != nil {
+		r.log.Warn("removing spilled windows", "err", err)
+	}
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("databus: relay: serve: %w", serveErr)
 	}

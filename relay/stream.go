@@ -35,6 +35,9 @@ const (
 	// writeBufSize is the size of the pooled writer that coalesces small
 	// windows into large writes.
 	writeBufSize = 256 << 10
+	// spillReadSize is the size of the reader of spilled windows' frames
+	// on the filtered and JSON paths.
+	spillReadSize = 64 << 10
 )
 
 // Content types of /v1/stream.
@@ -215,6 +218,9 @@ type streamBuf struct {
 	ws      []buffer.Window
 	scratch []byte
 	bw      *bufio.Writer
+	br      *bufio.Reader // of a spilled window's frames; nil until needed
+	frame   []byte        // a spilled frame larger than br's buffer
+	dw      deadlineWriter
 }
 
 // streamBufs is a free list rather than a sync.Pool: a pool is emptied by
@@ -236,13 +242,21 @@ func getStreamBuf() *streamBuf {
 }
 
 func (sb *streamBuf) release() {
-	clear(sb.ws) // drop references to window data, evicted or not
+	buffer.Release(sb.ws) // spilled windows' files
+	clear(sb.ws)          // drop references to window data, evicted or not
 	sb.ws = sb.ws[:0]
 	sb.bw.Reset(io.Discard)
+	if sb.br != nil {
+		sb.br.Reset(nil)
+	}
+	sb.dw = deadlineWriter{}
 	if cap(sb.scratch) > 4*writeBufSize {
 		sb.scratch = nil // do not keep one huge window's worth
 	}
 	sb.scratch = sb.scratch[:0]
+	if cap(sb.frame) > 4*writeBufSize {
+		sb.frame = nil
+	}
 	select {
 	case streamBufs <- sb:
 	default:
@@ -304,6 +318,16 @@ func (r *Relay) handleStream(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	sb.bw.Reset(w)
+	for i := range ws {
+		if ws[i].Spill != nil {
+			// A spilled window may be far larger than any in memory: the
+			// write deadline moves with progress instead (a stalled client
+			// still times out).
+			sb.dw = deadlineWriter{w: w, rc: rc}
+			sb.bw.Reset(&sb.dw)
+			break
+		}
+	}
 	var out, windows, events int
 	if q.filter.All() && !q.json {
 		out, windows, events = writeWhole(w, sb.bw, ws)
@@ -379,14 +403,25 @@ func (r *Relay) setHeaders(w http.ResponseWriter, id string, after uint64) {
 // held, with no per-frame work. Windows that lie side by side in memory (see
 // arena) go out as one slice, which the write buffer passes straight to the
 // connection when it is large; only scattered small windows are copied.
+// Spilled windows are copied from their files through the write buffer.
 func writeWhole(w http.ResponseWriter, bw *bufio.Writer, ws []buffer.Window) (out, windows, events int) {
 	for i := range ws {
-		out += len(ws[i].Data)
+		out += int(ws[i].Len())
 		events += ws[i].Events
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(out))
 	var run []byte
 	for i := range ws {
+		if sp := ws[i].Spill; sp != nil {
+			if _, err := bw.Write(run); err != nil {
+				return out, len(ws), events
+			}
+			run = nil
+			if _, err := bw.ReadFrom(sp.Reader()); err != nil {
+				return out, len(ws), events
+			}
+			continue
+		}
 		d := ws[i].Data
 		if adjacent(run, d) {
 			run = run[:len(run)+len(d)]
@@ -401,6 +436,19 @@ func writeWhole(w http.ResponseWriter, bw *bufio.Writer, ws []buffer.Window) (ou
 	return out, len(ws), events
 }
 
+// deadlineWriter moves the connection's write deadline writeSlack ahead
+// before each write, so that a response takes as long as it needs while
+// the client keeps reading, and no longer than writeSlack once it stops.
+type deadlineWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(writeSlack))
+	return d.w.Write(p)
+}
+
 // adjacent reports whether b starts where a ends, in the same array, so that
 // a[:len(a)+len(b)] covers both.
 func adjacent(a, b []byte) bool {
@@ -410,14 +458,31 @@ func adjacent(a, b []byte) bool {
 // writeFiltered renders each window (filtered frames, or JSON lines) into
 // scratch and writes it when it fits the budget: at least one window, then
 // more while the total stays within maxBytes, reading past the first batch
-// when filtering shrank it. When the whole response fits the write buffer
-// it gets a Content-Length.
+// when filtering shrank it. A spilled window is rendered frame by frame,
+// straight to the connection, and only as the first window of a response,
+// since its size is known only once it is sent. When the whole response
+// fits the write buffer it gets a Content-Length.
 func (r *Relay) writeFiltered(w http.ResponseWriter, sb *streamBuf, q *streamQuery) (out, windows, events int) {
 	ws := sb.ws
 	scanned := 0
 	for len(ws) > 0 {
 		var after uint64
 		for i := range ws {
+			if sp := ws[i].Spill; sp != nil {
+				if windows > 0 {
+					return finish(w, sb, out), windows, events
+				}
+				o, n, err := r.writeSpilled(sb, sp, q)
+				out += o
+				events += n
+				if err != nil {
+					return out, windows, events
+				}
+				windows++
+				scanned += int(sp.Size())
+				after = ws[i].SCN
+				continue
+			}
 			var n int
 			if q.json {
 				sb.scratch, n = r.renderJSON(sb.scratch[:0], ws[i].Data)
@@ -439,6 +504,7 @@ func (r *Relay) writeFiltered(w http.ResponseWriter, sb *streamBuf, q *streamQue
 		if out >= q.maxBytes || scanned >= maxScan {
 			break
 		}
+		buffer.Release(ws)
 		clear(ws)
 		var err error
 		if ws, err = r.buf.Read(after, q.maxBytes, ws[:0]); err != nil {
@@ -447,6 +513,69 @@ func (r *Relay) writeFiltered(w http.ResponseWriter, sb *streamBuf, q *streamQue
 		sb.ws = ws
 	}
 	return finish(w, sb, out), windows, events
+}
+
+// writeSpilled renders a spilled window frame by frame (filtered, or as
+// JSON) into the response. It returns the bytes written and data events
+// kept; an error means the response is cut short.
+func (r *Relay) writeSpilled(sb *streamBuf, sp *buffer.Spill, q *streamQuery) (out, events int, err error) {
+	if sb.br == nil {
+		sb.br = bufio.NewReaderSize(nil, spillReadSize)
+	}
+	sb.br.Reset(sp.Reader())
+	for {
+		var frame []byte
+		frame, sb.frame, err = readFrame(sb.br, sb.frame)
+		if err == io.EOF {
+			return out, events, nil
+		}
+		if err != nil {
+			r.log.Error("reading a spilled window", "file", sp.Path(), "err", err)
+			return out, events, err
+		}
+		var n int
+		if q.json {
+			sb.scratch, n = r.renderJSON(sb.scratch[:0], frame)
+		} else {
+			sb.scratch, n = filterWindow(sb.scratch[:0], frame, &q.filter)
+		}
+		if _, err := sb.bw.Write(sb.scratch); err != nil {
+			return out, events, err
+		}
+		out += len(sb.scratch)
+		events += n
+	}
+}
+
+// readFrame returns the next frame of br: aliasing br's buffer (valid until
+// the next read) when it fits there, else read into buf, which it returns
+// grown. It returns io.EOF at the end of the frames.
+func readFrame(br *bufio.Reader, buf []byte) (frame, grown []byte, err error) {
+	h, err := br.Peek(event.HeaderSize)
+	if err == io.EOF && len(h) == 0 {
+		return nil, buf, io.EOF
+	}
+	if err != nil {
+		return nil, buf, fmt.Errorf("frame header: %w", io.ErrUnexpectedEOF)
+	}
+	n, err := event.FrameLen(h)
+	if err != nil {
+		return nil, buf, err
+	}
+	if n <= br.Size() {
+		if frame, err = br.Peek(n); err != nil {
+			return nil, buf, fmt.Errorf("frame: %w", io.ErrUnexpectedEOF)
+		}
+		_, err = br.Discard(n)
+		return frame, buf, err
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	if _, err := io.ReadFull(br, buf[:n]); err != nil {
+		return nil, buf, fmt.Errorf("frame: %w", io.ErrUnexpectedEOF)
+	}
+	return buf[:n], buf, nil
 }
 
 // finish sets Content-Length when nothing has been written through yet.

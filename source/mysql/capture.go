@@ -34,6 +34,10 @@ type capture struct {
 	// heartbeat is the least time between two empty windows (ns).
 	heartbeat int64
 	now       func() time.Time
+	// chunkBytes and chunkEvents are the pending size (see txn.pending)
+	// and number of events past which the events of a transaction still
+	// open are emitted as a chunk (source.Window.Partial); 0 means no bound.
+	chunkBytes, chunkEvents int
 
 	file    string // current binlog file
 	fileNum uint32
@@ -70,22 +74,43 @@ type txn struct {
 	gtid       string
 	at         uint64 // log position of the group's first event
 	touched    bool   // rows or DDL of a captured table
-	events     []event.Event
-	arena      []byte // backing store of the events' keys and images
+	// chunked: chunks of this transaction's events have been emitted; the
+	// events below are those read since the last chunk.
+	chunked bool
+	events  []event.Event
+	arena   []byte // backing store of the events' keys and images
 }
 
-func newCapture(tables *tableCache, store *schemaStore, f *filter, heartbeat time.Duration, now func() time.Time) *capture {
-	return &capture{tables: tables, store: store, filter: f, heartbeat: int64(heartbeat), now: now, cur: map[uint32]uint16{}}
+// eventOverhead approximates the memory of one pending event besides its
+// bytes in the arena: the event.Event itself and its share of the slice.
+const eventOverhead = 128
+
+// pending is the memory the transaction's pending events take.
+func (t *txn) pending() int { return len(t.arena) + eventOverhead*len(t.events) }
+
+// abandoned is the chunk that discards the chunks of a transaction that
+// will not be emitted whole (see package source).
+var abandoned = source.Window{Partial: true, Abandon: true}
+
+func newCapture(tables *tableCache, store *schemaStore, f *filter, heartbeat time.Duration, chunkBytes, chunkEvents int, now func() time.Time) *capture {
+	return &capture{tables: tables, store: store, filter: f, heartbeat: int64(heartbeat), chunkBytes: chunkBytes, chunkEvents: chunkEvents, now: now, cur: map[uint32]uint16{}}
 }
 
 // reset forgets the transaction in progress, for a reconnection that
-// resumes at the last window's position.
-func (c *capture) reset() {
+// resumes at the last window's position: chunks of it already emitted are
+// abandoned, since the transaction will be read again from its start.
+func (c *capture) reset(emit func(*source.Window) error) error {
+	chunked := c.tx.chunked
 	c.tx = txn{}
 	c.lastGTID = c.last.pos.GTID
 	// The transaction cut short may have moved cur without being emitted;
 	// asking the store again never misses an announcement.
 	clear(c.cur)
+	if chunked {
+		w := abandoned
+		return emit(&w)
+	}
+	return nil
 }
 
 // setLast records w as the last window emitted.
@@ -102,54 +127,56 @@ func (c *capture) setFile(name string) error {
 	return nil
 }
 
-// handle consumes one event and returns the window it closes, if any.
-func (c *capture) handle(ev *replication.BinlogEvent) (*source.Window, error) {
+// handle consumes one event and passes what it completes to emit: the
+// window it closes, or a chunk of the transaction in progress (see
+// "Windows" in the package doc). emit's errors are returned as they are.
+func (c *capture) handle(ev *replication.BinlogEvent, emit func(*source.Window) error) error {
 	h := ev.Header
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
-		return nil, c.setFile(string(e.NextLogName))
+		return c.setFile(string(e.NextLogName))
 	case *replication.MariadbGTIDEvent:
-		c.begin(h)
+		if err := c.begin(h, emit); err != nil {
+			return err
+		}
 		c.tx.gtid = e.GTID.String()
 		c.tx.gtidFlags, c.tx.standalone = true, e.IsStandalone()
 	case *replication.GTIDEvent:
-		c.begin(h)
+		if err := c.begin(h, emit); err != nil {
+			return err
+		}
 		c.tx.gtid = mysqlGTID(e.SID, "", e.GNO)
 	case *replication.GtidTaggedLogEvent:
-		c.begin(h)
+		if err := c.begin(h, emit); err != nil {
+			return err
+		}
 		c.tx.gtid = mysqlGTID(e.SID, e.Tag.String(), e.GNO)
 	case *replication.QueryEvent:
-		return c.query(h, e)
+		return c.query(h, e, emit)
 	case *replication.XIDEvent:
-		return c.commit(h)
+		return c.commit(h, emit)
 	case *replication.TableMapEvent:
 		if !c.tx.open {
-			c.begin(h)
+			return c.begin(h, emit)
 		}
 	case *replication.RowsEvent:
-		return nil, c.rows(h, e)
+		return c.rows(h, e, emit)
 	case *replication.HeartbeatEvent:
-		return c.idle(h, e)
+		return c.idle(h, e, emit)
 	case *replication.TransactionPayloadEvent:
 		// MySQL binlog_transaction_compression: the whole transaction is
 		// inside, commit included.
-		var w *source.Window
 		for _, in := range e.Events {
-			got, err := c.handle(in)
-			if err != nil {
-				return nil, err
-			}
-			if got != nil {
-				w = got
+			if err := c.handle(in, emit); err != nil {
+				return err
 			}
 		}
-		return w, nil
 	case *replication.GenericEvent:
 		if h.EventType == replication.XA_PREPARE_LOG_EVENT {
-			return c.commit(h) // see "Limitations" in the package doc
+			return c.commit(h, emit) // see "Limitations" in the package doc
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // mysqlGTID formats uuid[:tag]:gno; anonymous transactions have none.
@@ -166,47 +193,72 @@ func mysqlGTID(sid []byte, tag string, gno int64) string {
 }
 
 // begin starts a transaction at the event h. A transaction still open is
-// dropped: it had no commit event, so the server never committed it.
-func (c *capture) begin(h *replication.EventHeader) {
+// dropped: it had no commit event, so the server never committed it; its
+// chunks, if any, are abandoned.
+func (c *capture) begin(h *replication.EventHeader, emit func(*source.Window) error) error {
+	if err := c.drop(emit); err != nil {
+		return err
+	}
 	c.tx = txn{open: true, at: makeSCN(c.fileNum, h.LogPos-h.EventSize), arena: make([]byte, 0, min(max(c.arenaHint, 256), 1<<20))}
+	return nil
 }
 
-func (c *capture) query(h *replication.EventHeader, e *replication.QueryEvent) (*source.Window, error) {
+// drop discards the events of the transaction in progress, abandoning the
+// chunks of it already emitted.
+func (c *capture) drop(emit func(*source.Window) error) error {
+	chunked := c.tx.chunked
+	c.tx.touched, c.tx.events, c.tx.chunked = false, nil, false
+	if chunked {
+		w := abandoned
+		return emit(&w)
+	}
+	return nil
+}
+
+func (c *capture) query(h *replication.EventHeader, e *replication.QueryEvent, emit func(*source.Window) error) error {
 	q := strings.TrimSpace(string(e.Query))
 	switch {
 	case strings.EqualFold(q, "BEGIN"):
 		if !c.tx.open {
-			c.begin(h)
+			if err := c.begin(h, emit); err != nil {
+				return err
+			}
 		}
 		c.tx.inBegin = true
-		return nil, nil
+		return nil
 	case strings.EqualFold(q, "COMMIT"):
-		return c.commit(h)
+		return c.commit(h, emit)
 	case strings.EqualFold(q, "ROLLBACK"):
 		// Only a transaction that changed non-transactional tables is
 		// logged with ROLLBACK; its transactional rows were undone. The
 		// adapter drops it (see Limitations).
-		c.tx.touched, c.tx.events = false, nil
-		return c.commit(h)
+		if err := c.drop(emit); err != nil {
+			return err
+		}
+		return c.commit(h, emit)
 	case hasPrefixFold(q, "XA START") || hasPrefixFold(q, "XA BEGIN"):
 		if !c.tx.open {
-			c.begin(h)
+			if err := c.begin(h, emit); err != nil {
+				return err
+			}
 		}
 		c.tx.inBegin = true
-		return nil, nil
+		return nil
 	case hasPrefixFold(q, "XA END") || hasPrefixFold(q, "SAVEPOINT") || hasPrefixFold(q, "ROLLBACK TO") || hasPrefixFold(q, "RELEASE SAVEPOINT"):
-		return nil, nil
+		return nil
 	}
 	if !c.tx.open {
-		c.begin(h)
+		if err := c.begin(h, emit); err != nil {
+			return err
+		}
 	}
 	if err := c.ddl(string(e.Schema), q); err != nil {
-		return nil, err
+		return err
 	}
 	if c.tx.inBegin || (c.tx.gtidFlags && !c.tx.standalone) {
-		return nil, nil // a statement inside a transaction: COMMIT or XID ends it
+		return nil // a statement inside a transaction: COMMIT or XID ends it
 	}
-	return c.commit(h)
+	return c.commit(h, emit)
 }
 
 func hasPrefixFold(s, p string) bool {
@@ -325,9 +377,11 @@ func (c *capture) ddlOn(op ddlOp) error {
 	return nil
 }
 
-func (c *capture) rows(h *replication.EventHeader, e *replication.RowsEvent) error {
+func (c *capture) rows(h *replication.EventHeader, e *replication.RowsEvent, emit func(*source.Window) error) error {
 	if !c.tx.open {
-		c.begin(h)
+		if err := c.begin(h, emit); err != nil {
+			return err
+		}
 	}
 	tv, err := c.tables.resolve(e.Table)
 	if err != nil || tv == nil {
@@ -381,6 +435,25 @@ func (c *capture) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 	default:
 		return fmt.Errorf("%w: rows event of unknown type %v for %s", ErrDecode, h.EventType, t.Name)
 	}
+	return c.chunk(emit)
+}
+
+// chunk emits the pending events of the transaction in progress as a chunk
+// once they take chunkBytes or number chunkEvents, and then reuses their
+// memory. Chunks end only
+// after whole rows events, so a schema-change event always travels with
+// or before the rows that use its version.
+func (c *capture) chunk(emit func(*source.Window) error) error {
+	if (c.chunkBytes <= 0 || c.tx.pending() < c.chunkBytes) && (c.chunkEvents <= 0 || len(c.tx.events) < c.chunkEvents) {
+		return nil
+	}
+	w := source.Window{Partial: true, Events: c.tx.events}
+	if err := emit(&w); err != nil {
+		return err
+	}
+	// The relay has copied the chunk: its events and arena are reused.
+	clear(c.tx.events)
+	c.tx.events, c.tx.arena, c.tx.chunked = c.tx.events[:0], c.tx.arena[:0], true
 	return nil
 }
 
@@ -447,17 +520,18 @@ func (c *capture) appendEvent(tv *tableVersion, op event.Op, row, before []any) 
 	return nil
 }
 
-// commit closes the transaction at its commit event h.
-func (c *capture) commit(h *replication.EventHeader) (*source.Window, error) {
+// commit closes the transaction at its commit event h and emits its
+// window (the final chunk, when chunks of it were emitted).
+func (c *capture) commit(h *replication.EventHeader, emit func(*source.Window) error) error {
 	tx := c.tx
 	c.tx = txn{}
-	c.arenaHint = len(tx.arena)
+	c.arenaHint = min(len(tx.arena), 1<<20)
 	if h.LogPos < 4 {
-		return nil, fmt.Errorf("%w: commit event at %s has no end position", ErrDecode, c.file)
+		return fmt.Errorf("%w: commit event at %s has no end position", ErrDecode, c.file)
 	}
 	scn := makeSCN(c.fileNum, h.LogPos)
 	if scn <= c.last.scn {
-		return nil, fmt.Errorf("%w: a transaction ends at %s:%d (SCN %d), not after the last window (SCN %d, %s:%d)",
+		return fmt.Errorf("%w: a transaction ends at %s:%d (SCN %d), not after the last window (SCN %d, %s:%d)",
 			ErrPositionBackwards, c.file, h.LogPos, scn, c.last.scn, c.last.pos.File, c.last.pos.Pos)
 	}
 	if tx.gtid != "" {
@@ -469,7 +543,7 @@ func (c *capture) commit(h *replication.EventHeader) (*source.Window, error) {
 		// A transaction of tables not captured: an empty window at most
 		// once per heartbeat interval, timed by the log's own clock.
 		if c.heartbeat <= 0 || ts < c.last.ts+c.heartbeat {
-			return nil, nil
+			return nil
 		}
 		tx.events = nil
 	}
@@ -477,19 +551,19 @@ func (c *capture) commit(h *replication.EventHeader) (*source.Window, error) {
 		tx.events[i].SCN, tx.events[i].Timestamp = scn, ts
 	}
 	c.setLast(scn, ts, pos)
-	return &source.Window{SCN: scn, Timestamp: ts, TxID: tx.gtid, Events: tx.events, Position: pos.position(scn)}, nil
+	return emit(&source.Window{SCN: scn, Timestamp: ts, TxID: tx.gtid, Events: tx.events, Position: pos.position(scn)})
 }
 
 // idle handles a server heartbeat: the server has nothing more to send, and
 // its position may be past the last window because of skipped
 // transactions. It then returns an empty window at that position.
-func (c *capture) idle(h *replication.EventHeader, e *replication.HeartbeatEvent) (*source.Window, error) {
+func (c *capture) idle(h *replication.EventHeader, e *replication.HeartbeatEvent, emit func(*source.Window) error) error {
 	if c.tx.open || h.LogPos < 4 || (e.Filename != "" && e.Filename != c.file) {
-		return nil, nil
+		return nil
 	}
 	scn := makeSCN(c.fileNum, h.LogPos)
 	if scn <= c.last.scn {
-		return nil, nil
+		return nil
 	}
 	pos := posData{File: c.file, Pos: h.LogPos, GTID: c.lastGTID}
 	ts := c.now().UnixNano()
@@ -497,5 +571,5 @@ func (c *capture) idle(h *replication.EventHeader, e *replication.HeartbeatEvent
 		ts = c.last.ts
 	}
 	c.setLast(scn, ts, pos)
-	return &source.Window{SCN: scn, Timestamp: ts, TxID: "", Position: pos.position(scn)}, nil
+	return emit(&source.Window{SCN: scn, Timestamp: ts, TxID: "", Position: pos.position(scn)})
 }

@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 	"time"
@@ -27,15 +28,27 @@ func newScript(t *testing.T) *script {
 	}
 	f := newFilter(&Config{Include: []string{"app.*"}})
 	now := time.Unix(5000, 0)
-	c := newCapture(newTableCache(collationSet{}, FlavorMariaDB, f, st), st, f, time.Second, func() time.Time { return now })
+	c := newCapture(newTableCache(collationSet{}, FlavorMariaDB, f, st), st, f, time.Second, 0, 0, func() time.Time { return now })
 	s := &script{t: t, c: c, pos: 4, ts: 1000}
 	s.feed(&replication.RotateEvent{Position: 4, NextLogName: []byte("binlog.000007")}, 0)
 	s.c.setLast(makeSCN(7, 4), 0, posData{File: "binlog.000007", Pos: 4})
 	return s
 }
 
-// feed hands one event of size bytes to the capture.
+// feed hands one event of size bytes to the capture and returns the last
+// window it emitted, if any.
 func (s *script) feed(e replication.Event, size uint32) *source.Window {
+	s.t.Helper()
+	ws := s.feedAll(e, size)
+	if len(ws) == 0 {
+		return nil
+	}
+	return ws[len(ws)-1]
+}
+
+// feedAll hands one event of size bytes to the capture and returns every
+// window and chunk it emitted, as they were at the emit call.
+func (s *script) feedAll(e replication.Event, size uint32) []*source.Window {
 	s.t.Helper()
 	h := &replication.EventHeader{Timestamp: s.ts, EventSize: size}
 	if size > 0 {
@@ -47,11 +60,21 @@ func (s *script) feed(e replication.Event, size uint32) *source.Window {
 		h.LogPos = s.pos
 		ev.Filename = s.c.file
 	}
-	w, err := s.c.handle(&replication.BinlogEvent{Header: h, Event: e})
+	var ws []*source.Window
+	err := s.c.handle(&replication.BinlogEvent{Header: h, Event: e}, func(w *source.Window) error {
+		c := *w
+		c.Events = nil
+		for _, e := range w.Events { // the capture reuses the memory of chunks
+			e.Key, e.Payload, e.Before = bytes.Clone(e.Key), bytes.Clone(e.Payload), bytes.Clone(e.Before)
+			c.Events = append(c.Events, e)
+		}
+		ws = append(ws, &c)
+		return nil
+	})
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	return w
+	return ws
 }
 
 // ddl runs a standalone statement as its own GTID group.
@@ -104,10 +127,10 @@ func TestCaptureBackwards(t *testing.T) {
 	s.ddl(1, "app", "CREATE TABLE t (id INT)")
 	s.pos = 10 // the log restarted below the last window (RESET MASTER)
 	s.feed(&replication.MariadbGTIDEvent{Flags: replication.BINLOG_MARIADB_FL_STANDALONE}, 42)
-	_, err := s.c.handle(&replication.BinlogEvent{
+	err := s.c.handle(&replication.BinlogEvent{
 		Header: &replication.EventHeader{Timestamp: s.ts, EventSize: 10, LogPos: s.pos + 10},
 		Event:  &replication.QueryEvent{Schema: []byte("app"), Query: []byte("CREATE TABLE u (id INT)")},
-	})
+	}, func(*source.Window) error { return nil })
 	if !errors.Is(err, ErrPositionBackwards) || retryable(err) {
 		t.Fatalf("%v", err)
 	}

@@ -17,6 +17,8 @@ const (
 	DefaultHeartbeatInterval = time.Second
 	DefaultMinBackoff        = 100 * time.Millisecond
 	DefaultMaxBackoff        = 30 * time.Second
+	DefaultChunkBytes        = 8 << 20
+	DefaultChunkEvents       = 10000
 )
 
 // Start positions for a run from the zero source.Position.
@@ -96,6 +98,15 @@ type Config struct {
 	// (the default: the current end of the binlog, what a new relay wants)
 	// or "oldest" (the oldest binlog file the server still has).
 	StartAt string `yaml:"startAt" json:"startAt"`
+	// ChunkBytes and ChunkEvents bound the memory a transaction's events
+	// take in the adapter before its commit: once the events read so far
+	// take ChunkBytes (keys and row images, plus about 128 bytes an event)
+	// or number ChunkEvents, they are handed to the relay as a chunk
+	// (source.Window.Partial), which spools them, so a transaction of any
+	// size passes through bounded memory. Defaults 8 MiB (8388608; at least
+	// 4096) and 10000 events (at least 1).
+	ChunkBytes  int64 `yaml:"chunkBytes" json:"chunkBytes"`
+	ChunkEvents int   `yaml:"chunkEvents" json:"chunkEvents"`
 }
 
 // Validate checks c and returns an error wrapping ErrConfig that names the
@@ -120,6 +131,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MinBackoff %v is negative", ErrConfig, c.MinBackoff)
 	case c.MaxBackoff < 0:
 		return fmt.Errorf("%w: MaxBackoff %v is negative", ErrConfig, c.MaxBackoff)
+	case c.ChunkBytes != 0 && c.ChunkBytes < 4096:
+		return fmt.Errorf("%w: ChunkBytes %d is below 4096", ErrConfig, c.ChunkBytes)
+	case c.ChunkEvents < 0:
+		return fmt.Errorf("%w: ChunkEvents %d is negative", ErrConfig, c.ChunkEvents)
 	case c.StartAt != "" && c.StartAt != StartAtEnd && c.StartAt != StartAtOldest:
 		return fmt.Errorf("%w: StartAt %q is not %q or %q", ErrConfig, c.StartAt, StartAtEnd, StartAtOldest)
 	}
@@ -165,6 +180,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StartAt == "" {
 		c.StartAt = StartAtEnd
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = DefaultChunkBytes
+	}
+	if c.ChunkEvents == 0 {
+		c.ChunkEvents = DefaultChunkEvents
 	}
 	c.Include = append([]string(nil), c.Include...)
 	c.Exclude = append([]string(nil), c.Exclude...)

@@ -61,6 +61,23 @@
 // followed by an OpInsert of the new one, so that consumers keyed by the
 // key stay right.
 //
+// A large transaction is not held whole: once the events read since its
+// start (or since its last chunk) take Config.ChunkBytes (default 8 MiB,
+// counting keys, row images and about 128 bytes an event) or number
+// Config.ChunkEvents (default 10000), they are emitted as a chunk
+// (source.Window.Partial) and their memory is reused; the
+// commit emits the final chunk with the SCN, GTID and position. Chunks end
+// after whole rows events, so a schema-change event always precedes, in the
+// same or an earlier chunk, the rows that use its version. The relay
+// concatenates the chunks into one window, identical to the one an
+// unchunked read yields. A transaction whose chunks were emitted but whose
+// commit is not delivered (it is logged with ROLLBACK, a new transaction
+// starts without its commit, or the stream reconnects inside it) is
+// abandoned with a chunk that has Abandon set; after a reconnection it is
+// read again from its start. The adapter's memory is thus bounded by the
+// chunk bounds plus its read-ahead of binlog events, whatever the
+// transaction's size.
+//
 // Transactions that touch no captured table produce no events; the adapter
 // emits an empty (heartbeat) window for one of them at most once per
 // Config.HeartbeatInterval, measured by the commit timestamps in the log.
@@ -219,8 +236,8 @@
 //
 // # Limitations
 //
-//   - A transaction is held in memory until its commit event: transactions
-//     larger than the relay's buffer are not spilled or streamed.
+//   - One row image larger than event.MaxFrameSize (256 MiB) cannot be
+//     delivered; a chunk is never smaller than one rows event.
 //   - XA transactions are emitted at XA PREPARE; a later XA ROLLBACK is not
 //     retracted. A transaction logged with ROLLBACK (non-transactional
 //     changes mixed in) is dropped.

@@ -539,7 +539,7 @@ func (s *Source) Run(ctx context.Context, from source.Position, emit func(contex
 	if err := purgedError(ctx, db, start, nil); err != nil {
 		return err
 	}
-	c := newCapture(newTableCache(colls, flavor, s.filter, store), store, s.filter, s.cfg.HeartbeatInterval, s.now)
+	c := newCapture(newTableCache(colls, flavor, s.filter, store), store, s.filter, s.cfg.HeartbeatInterval, int(s.cfg.ChunkBytes), s.cfg.ChunkEvents, s.now)
 	startNum, err := fileNumber(start.File)
 	if err != nil {
 		return err
@@ -609,7 +609,15 @@ func (s *Source) stallTimeout() time.Duration { return 3*s.cfg.HeartbeatInterval
 // stream runs one replication connection from the last window's position
 // until it fails. progressed reports whether any event arrived.
 func (s *Source) stream(ctx context.Context, db *sql.DB, flavor string, c *capture, emit func(context.Context, *source.Window) error) (progressed bool, err error) {
-	c.reset()
+	out := func(w *source.Window) error {
+		if err := emit(ctx, w); err != nil {
+			return &emitError{err}
+		}
+		return nil
+	}
+	if err := c.reset(out); err != nil {
+		return false, err
+	}
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID:                s.cfg.ServerID,
 		Flavor:                  flavor,
@@ -674,14 +682,8 @@ func (s *Source) stream(ctx context.Context, db *sql.DB, flavor string, c *captu
 		}
 		events.Add(1)
 		progressed = true
-		w, err := c.handle(ev)
-		if err != nil {
+		if err := c.handle(ev, out); err != nil {
 			return progressed, err
-		}
-		if w != nil {
-			if err := emit(ctx, w); err != nil {
-				return progressed, &emitError{err}
-			}
 		}
 	}
 }

@@ -148,6 +148,13 @@ func New(cfg Config, src source.Source, log *slog.Logger, reg prometheus.Registe
 	r.buf.SetStart(pos.LowWatermark.SCN, startPos)
 	r.buf.SetSpillBounds(int64(cfg.Buffer.MaxSpillBytes), maxSpilledWindows)
 	r.recapturing = pos.MaxSCN > pos.LowWatermark.SCN
+	// A source that exposes its own metrics (slot lag, binlog position, ...)
+	// is registered with the relay's, so one scrape shows both.
+	if c, ok := src.(prometheus.Collector); ok {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("databus: relay: source metrics: %w", err)
+		}
+	}
 	if r.m, err = newMetrics(reg, r.buf); err != nil {
 		return nil, fmt.Errorf("databus: relay metrics: %w", err)
 	}

@@ -90,7 +90,9 @@ type Window struct {
 	Abandon bool
 }
 
-// Source is a physical source adapter. Its methods are called by one relay
+// Source is a physical source adapter. An adapter that also implements
+// prometheus.Collector has its metrics registered by the relay, under the
+// namespace databus_source_. Its methods are called by one relay
 // goroutine at a time, except Release, which may be called concurrently
 // with Run.
 type Source interface {

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/databus-go/databus/checkpoint"
+	"github.com/databus-go/databus/internal/atomicfile"
 )
 
 // CheckpointStore persists a consumer's checkpoint. The client calls it from
@@ -62,7 +62,7 @@ func (s *FileStore) Load(ctx context.Context) (checkpoint.Checkpoint, bool, erro
 }
 
 // Save atomically replaces the checkpoint file.
-func (s *FileStore) Save(ctx context.Context, cp checkpoint.Checkpoint) (err error) {
+func (s *FileStore) Save(ctx context.Context, cp checkpoint.Checkpoint) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -73,46 +73,10 @@ func (s *FileStore) Save(ctx context.Context, cp checkpoint.Checkpoint) (err err
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
-	dir, base := filepath.Split(s.path)
-	if dir == "" {
-		dir = "."
+	if err := atomicfile.Write(s.path, append(b, '\n')); err != nil {
+		return fmt.Errorf("databus: checkpoint file %s: %w", s.path, err)
 	}
-	f, err := os.CreateTemp(dir, base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("databus: checkpoint file: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("databus: checkpoint file %s: %w", s.path, err)
-		}
-	}()
-	if _, err = f.Write(b); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, s.path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // MemoryStore keeps the checkpoint in memory: a consumer that restarts

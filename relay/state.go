@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/databus-go/databus/internal/atomicfile"
 	"github.com/databus-go/databus/schema"
 	"github.com/databus-go/databus/source"
 )
@@ -108,43 +109,15 @@ func readJSON(path string, v any) (ok bool, err error) {
 	return true, nil
 }
 
-// writeFileJSON replaces dir/name atomically and durably: it writes a temporary
-// file, syncs it, renames it over the old one and syncs the directory, so a
-// crash leaves either the old or the new content, never a mix.
-func writeFileJSON(dir, name string, v any) (err error) {
+// writeFileJSON replaces dir/name atomically and durably (see atomicfile):
+// a crash leaves either the old or the new content, never a mix.
+func writeFileJSON(dir, name string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, name+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name), append(b, '\n')); err != nil {
 		return fmt.Errorf("%w: %v", ErrState, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("%w: write %s: %v", ErrState, f.Name(), err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("%w: sync %s: %v", ErrState, f.Name(), err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("%w: close %s: %v", ErrState, f.Name(), err)
-	}
-	if err = os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("%w: %v", ErrState, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrState, err)
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("%w: sync directory %s: %v", ErrState, dir, err)
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ const (
 	DefaultStatusInterval    = 10 * time.Second
 	DefaultMinBackoff        = 100 * time.Millisecond
 	DefaultMaxBackoff        = 30 * time.Second
+	DefaultChunkBytes        = 8 << 20
+	DefaultChunkEvents       = 10000
 )
 
 // ErrConfig is wrapped by every error Config.Validate returns.
@@ -64,8 +66,10 @@ type Config struct {
 	// (nil); false makes a missing slot an error.
 	CreateSlot *bool `yaml:"createSlot" json:"createSlot"`
 	// StateDir is the directory of postgres-schemas.json, the persisted map
-	// from table definitions to logical source ids and schema versions.
-	// Required; the relay passes its own state directory.
+	// from table definitions to logical source ids and schema versions, and
+	// of postgres-spill/, where streamed transactions wait for their commit
+	// (temporary files, emptied by Open and Close). Required; the relay
+	// passes <relay.stateDir>/postgres.
 	StateDir string `yaml:"stateDir" json:"stateDir"`
 	// HeartbeatInterval is how long the stream may stay without a window
 	// before the adapter writes a heartbeat message into the WAL, which
@@ -84,6 +88,16 @@ type Config struct {
 	// PostgreSQL 14 and later, 1 elsewhere; 1 forces version 1 (no
 	// streaming, no heartbeat messages); 2 requires PostgreSQL 14.
 	ProtocolVersion int `yaml:"protocolVersion" json:"protocolVersion"`
+	// ChunkBytes and ChunkEvents bound the events of one transaction the
+	// adapter holds in memory: once a transaction's events not yet handed
+	// to the relay take ChunkBytes (keys and row images, plus about 128
+	// bytes an event) or number ChunkEvents, they are handed over as a
+	// chunk (source.Window.Partial), which the relay spools, so a
+	// transaction of any size passes through bounded memory (see "Large
+	// transactions and memory" in the package doc). Defaults 8 MiB
+	// (8388608; at least 4096) and 10000 events.
+	ChunkBytes  int64 `yaml:"chunkBytes" json:"chunkBytes"`
+	ChunkEvents int   `yaml:"chunkEvents" json:"chunkEvents"`
 }
 
 // Validate checks c and returns an error wrapping ErrConfig that names the
@@ -141,6 +155,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxBackoff %v is negative", ErrConfig, c.MaxBackoff)
 	case c.ProtocolVersion < 0 || c.ProtocolVersion > 2:
 		return fmt.Errorf("%w: ProtocolVersion %d is not 0 (automatic), 1 or 2", ErrConfig, c.ProtocolVersion)
+	case c.ChunkBytes != 0 && c.ChunkBytes < 4096:
+		return fmt.Errorf("%w: ChunkBytes %d is below 4096", ErrConfig, c.ChunkBytes)
+	case c.ChunkEvents < 0:
+		return fmt.Errorf("%w: ChunkEvents %d is negative", ErrConfig, c.ChunkEvents)
 	}
 	if d := c.withDefaults(); d.MinBackoff > d.MaxBackoff {
 		return fmt.Errorf("%w: MinBackoff %v is above MaxBackoff %v", ErrConfig, d.MinBackoff, d.MaxBackoff)
@@ -185,6 +203,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = max(DefaultMaxBackoff, c.MinBackoff)
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = DefaultChunkBytes
+	}
+	if c.ChunkEvents == 0 {
+		c.ChunkEvents = DefaultChunkEvents
 	}
 	c.Tables = append([]string(nil), c.Tables...)
 	return c

@@ -40,62 +40,138 @@ type relation struct {
 // txn is a transaction being decoded: a plain one between Begin and Commit,
 // or a streamed one from its first Stream Start to its Stream Commit.
 type txn struct {
-	xid    uint32
-	skip   bool // already emitted (a re-sent transaction): not decoded
+	xid      uint32
+	streamed bool
+	skip     bool // already emitted (a re-sent transaction): not decoded
+	// events are, for a plain transaction, its events since its last
+	// chunk; a streamed transaction's go to spill as they are decoded.
 	events []event.Event
-	// subxids holds, for a streamed transaction, the (sub)transaction id of
-	// each event, so that a subtransaction's abort can drop its events.
-	subxids []uint32
+	// chunked: chunks of this (plain) transaction were emitted.
+	chunked bool
+	// ann places the schema-change events of a plain transaction, chunk
+	// after chunk; its commit LSN is known from its Begin.
+	ann announcer
 	// rels holds the relation messages sent inside a streamed transaction:
 	// they describe its rows only (pgoutput tracks them per streamed
 	// transaction).
 	rels  map[uint32]*relation
 	arena arena
+	// spill holds a streamed transaction's events, each with the
+	// (sub)transaction id it belongs to, so that a subtransaction's abort
+	// can drop them; nil until its first captured change.
+	spill *spillFile
 }
 
+// eventOverhead approximates the memory of one pending event besides its
+// bytes in the arena: the event.Event itself and its share of the slice.
+const eventOverhead = 128
+
+// pending is the memory the transaction's pending events take.
+func (t *txn) pending() int64 { return t.arena.held + eventOverhead*int64(len(t.events)) }
+
+// arenaChunk is the largest buffer an arena allocates for small slices,
+// and the largest it keeps for reuse.
+const arenaChunk = 64 << 10
+
 // arena hands out the byte slices of a transaction's keys and images,
-// carved from shared chunks to save allocations. A chunk stays alive while
-// any slice of it does (the window's events): its tail is never reused by
-// another transaction.
+// carved from shared buffers to save allocations. A buffer stays alive
+// while any slice of it does (a window's events): an arena is never shared
+// by two transactions. reset reuses the buffers, once the events carved
+// from them were emitted as a chunk (the relay copies a chunk's events
+// before emit returns).
 type arena struct {
-	chunk []byte
-	held  int64 // bytes handed out
+	bufs [][]byte // bufs[cur] is being filled; those after it are empty
+	cur  int
+	held int64 // bytes handed out since the last reset
+}
+
+// alloc returns n bytes of the arena.
+func (a *arena) alloc(n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	for a.cur < len(a.bufs) {
+		b := a.bufs[a.cur]
+		if l := len(b); cap(b)-l >= n {
+			a.bufs[a.cur] = b[:l+n]
+			a.held += int64(n)
+			return b[l : l+n : l+n]
+		}
+		if a.cur == len(a.bufs)-1 {
+			break
+		}
+		a.cur++
+	}
+	// Buffers grow with the transaction: a one-row transaction takes a
+	// few hundred bytes, a large one 64 KiB buffers.
+	size := 256
+	if k := len(a.bufs); k > 0 {
+		size = min(2*cap(a.bufs[k-1]), arenaChunk)
+	}
+	b := make([]byte, n, max(size, n))
+	a.bufs = append(a.bufs, b)
+	a.cur = len(a.bufs) - 1
+	a.held += int64(n)
+	return b[:n:n]
 }
 
 func (a *arena) copy(b []byte) []byte {
 	if len(b) == 0 {
 		return nil
 	}
-	if cap(a.chunk)-len(a.chunk) < len(b) {
-		// Chunks grow with the transaction: a one-row transaction takes
-		// a few hundred bytes, a large one 64 KiB chunks.
-		a.chunk = make([]byte, 0, max(min(2*cap(a.chunk), 64<<10), 256, len(b)))
-	}
-	start := len(a.chunk)
-	a.chunk = append(a.chunk, b...)
-	a.held += int64(len(b))
-	return a.chunk[start:len(a.chunk):len(a.chunk)]
+	d := a.alloc(len(b))
+	copy(d, b)
+	return d
 }
 
+// reset makes the arena's memory available again. Slices handed out before
+// must no longer be used.
+func (a *arena) reset() {
+	keep := a.bufs[:0]
+	for _, b := range a.bufs {
+		if cap(b) <= arenaChunk {
+			keep = append(keep, b[:0])
+		}
+	}
+	clear(a.bufs[len(keep):])
+	a.bufs, a.cur, a.held = keep, 0, 0
+}
+
+// abandoned is the chunk that discards the chunks of a transaction that
+// will not be emitted whole (see package source).
+var abandoned = source.Window{Partial: true, Abandon: true}
+
 // decoder turns pgoutput messages into windows. It is a state machine fed
-// one message at a time by the capture loop; its only outside dependencies
-// are the resolver (relation definitions to schema versions) and the schema
-// store (where schema changes fall). It is not safe for concurrent use.
+// one message at a time by the capture loop; its outside dependencies are
+// the resolver (relation definitions to schema versions), the schema store
+// (where schema changes fall) and the spill files of streamed
+// transactions. It is not safe for concurrent use.
 type decoder struct {
 	store    *schemaStore
 	resolver relationResolver
 	captured map[string]bool
 	proto    int
+	spill    *spiller
+	// chunkBytes and chunkEvents are the pending size (see txn.pending)
+	// and number of events past which the events of a transaction not
+	// yet emitted go out as a chunk; 0 means no bound.
+	chunkBytes  int64
+	chunkEvents int
 
 	// last is the SCN of the newest window produced (or the run's start
 	// position): every window has a greater SCN, and transactions that end
 	// at or before it are skipped. Invariant: non-decreasing.
 	last   uint64
 	lastTS int64
+	// chunked: chunks were emitted since the last whole or final window.
+	// Invariant: only while a plain transaction is open or a streamed
+	// one's commit is being replayed.
+	chunked bool
 
 	rels      map[uint32]*relation // relation messages outside streamed transactions
 	tx        *txn                 // the open plain transaction
 	streams   map[uint32]*txn      // open streamed transactions by top-level xid
+	replaying *txn                 // the streamed transaction being emitted at its commit
 	inStream  bool
 	streamXid uint32
 
@@ -103,32 +179,66 @@ type decoder struct {
 	unchanged []int  // unchanged columns scratch
 }
 
-func newDecoder(store *schemaStore, resolver relationResolver, tables []string, proto int, from uint64) *decoder {
-	d := &decoder{store: store, resolver: resolver, captured: map[string]bool{}, proto: proto, last: from}
+func newDecoder(store *schemaStore, resolver relationResolver, tables []string, proto int, from uint64, spill *spiller, chunkBytes int64, chunkEvents int) *decoder {
+	d := &decoder{store: store, resolver: resolver, captured: map[string]bool{}, proto: proto, last: from,
+		spill: spill, chunkBytes: chunkBytes, chunkEvents: chunkEvents}
 	for _, t := range tables {
 		d.captured[t] = true
 	}
-	d.reset()
+	d.forget()
 	return d
 }
 
-// reset forgets the session state: a new replication session sends every
-// relation again and re-sends transactions from their start.
-func (d *decoder) reset() {
+// reset prepares a new replication session, which sends every relation
+// again and re-sends transactions from their start: chunks of a
+// transaction cut short are abandoned (with emit), and the open
+// transactions, their spill files included, forgotten.
+func (d *decoder) reset(emit func(*source.Window) error) error {
+	d.forget()
+	if d.chunked {
+		d.chunked = false
+		w := abandoned
+		return emit(&w)
+	}
+	return nil
+}
+
+// forget drops the session state.
+func (d *decoder) forget() {
+	for _, tx := range d.streams {
+		d.spill.remove(tx.spill)
+	}
 	d.rels = map[uint32]*relation{}
 	d.tx = nil
 	d.streams = map[uint32]*txn{}
 	d.inStream = false
 }
 
-// held is the number of key and image bytes of open transactions.
-func (d *decoder) held() int64 {
-	var n int64
+// close removes the spill files of the open transactions.
+func (d *decoder) close() { d.forget() }
+
+// held is the number of key and image bytes of open transactions in
+// memory, and spilled those on disk.
+func (d *decoder) held() (held, spilled int64) {
 	if d.tx != nil {
-		n += d.tx.arena.held
+		held += d.tx.pending()
+	}
+	if d.replaying != nil {
+		held += d.replaying.pending()
 	}
 	for _, t := range d.streams {
-		n += t.arena.held
+		if t.spill != nil {
+			spilled += t.spill.size
+		}
+	}
+	return held, spilled
+}
+
+// open is the number of open transactions (plain and streamed).
+func (d *decoder) open() int {
+	n := len(d.streams)
+	if d.tx != nil {
+		n++
 	}
 	return n
 }
@@ -137,11 +247,12 @@ func decodeErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrDecode}, args...)...)
 }
 
-// handle decodes one pgoutput message and returns the window it completes,
-// if any.
-func (d *decoder) handle(ctx context.Context, data []byte) (*source.Window, error) {
+// handle decodes one pgoutput message and passes what it completes to emit:
+// a window, or a chunk of a transaction (source.Window.Partial). emit's
+// errors are returned as they are.
+func (d *decoder) handle(ctx context.Context, data []byte, emit func(*source.Window) error) error {
 	if len(data) == 0 {
-		return nil, decodeErr("empty message")
+		return decodeErr("empty message")
 	}
 	var msg pglogrepl.Message
 	var err error
@@ -151,76 +262,82 @@ func (d *decoder) handle(ctx context.Context, data []byte) (*source.Window, erro
 		msg, err = pglogrepl.Parse(data)
 	}
 	if err != nil {
-		return nil, decodeErr("pgoutput message %q: %v", data[0], err)
+		return decodeErr("pgoutput message %q: %v", data[0], err)
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		if d.tx != nil || d.inStream {
-			return nil, decodeErr("BEGIN of xid %d inside another transaction", m.Xid)
+			return decodeErr("BEGIN of xid %d inside another transaction", m.Xid)
 		}
 		// A commit record that starts before the last window's end is
 		// that window's or an earlier one's: already emitted.
-		d.tx = &txn{xid: m.Xid, skip: uint64(m.FinalLSN) < d.last}
-		return nil, nil
+		at := uint64(m.FinalLSN)
+		d.tx = &txn{xid: m.Xid, skip: at < d.last, ann: announcer{store: d.store, at: at}}
+		return nil
 	case *pglogrepl.CommitMessage:
 		tx := d.tx
 		d.tx = nil
 		if tx == nil {
-			return nil, decodeErr("COMMIT outside a transaction")
+			return decodeErr("COMMIT outside a transaction")
 		}
-		return d.commit(tx, uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime)
+		return d.commit(tx, uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime, emit)
 	case *pglogrepl.RelationMessageV2:
-		return nil, d.relation(ctx, &m.RelationMessage)
+		return d.relation(ctx, &m.RelationMessage)
 	case *pglogrepl.RelationMessage:
-		return nil, d.relation(ctx, m)
+		return d.relation(ctx, m)
 	case *pglogrepl.InsertMessageV2:
-		return nil, d.change(m.Xid, m.RelationID, event.OpInsert, 0, nil, m.Tuple)
+		return d.change(m.Xid, m.RelationID, event.OpInsert, 0, nil, m.Tuple, emit)
 	case *pglogrepl.InsertMessage:
-		return nil, d.change(0, m.RelationID, event.OpInsert, 0, nil, m.Tuple)
+		return d.change(0, m.RelationID, event.OpInsert, 0, nil, m.Tuple, emit)
 	case *pglogrepl.UpdateMessageV2:
-		return nil, d.change(m.Xid, m.RelationID, event.OpUpdate, m.OldTupleType, m.OldTuple, m.NewTuple)
+		return d.change(m.Xid, m.RelationID, event.OpUpdate, m.OldTupleType, m.OldTuple, m.NewTuple, emit)
 	case *pglogrepl.UpdateMessage:
-		return nil, d.change(0, m.RelationID, event.OpUpdate, m.OldTupleType, m.OldTuple, m.NewTuple)
+		return d.change(0, m.RelationID, event.OpUpdate, m.OldTupleType, m.OldTuple, m.NewTuple, emit)
 	case *pglogrepl.DeleteMessageV2:
-		return nil, d.change(m.Xid, m.RelationID, event.OpDelete, m.OldTupleType, m.OldTuple, nil)
+		return d.change(m.Xid, m.RelationID, event.OpDelete, m.OldTupleType, m.OldTuple, nil, emit)
 	case *pglogrepl.DeleteMessage:
-		return nil, d.change(0, m.RelationID, event.OpDelete, m.OldTupleType, m.OldTuple, nil)
+		return d.change(0, m.RelationID, event.OpDelete, m.OldTupleType, m.OldTuple, nil, emit)
 	case *pglogrepl.TruncateMessageV2:
-		return nil, d.truncate(m.Xid, &m.TruncateMessage)
+		return d.truncate(m.Xid, &m.TruncateMessage, emit)
 	case *pglogrepl.TruncateMessage:
-		return nil, d.truncate(0, m)
+		return d.truncate(0, m, emit)
 	case *pglogrepl.LogicalDecodingMessageV2:
-		return d.message(&m.LogicalDecodingMessage)
+		return d.message(&m.LogicalDecodingMessage, emit)
 	case *pglogrepl.LogicalDecodingMessage:
-		return d.message(m)
+		return d.message(m, emit)
 	case *pglogrepl.StreamStartMessageV2:
 		if d.inStream || d.tx != nil {
-			return nil, decodeErr("STREAM START of xid %d inside another transaction", m.Xid)
+			return decodeErr("STREAM START of xid %d inside another transaction", m.Xid)
 		}
 		d.inStream, d.streamXid = true, m.Xid
 		if tx := d.streams[m.Xid]; tx == nil || m.FirstSegment == 1 {
-			d.streams[m.Xid] = &txn{xid: m.Xid, rels: map[uint32]*relation{}}
+			if tx != nil {
+				d.spill.remove(tx.spill)
+			}
+			d.streams[m.Xid] = &txn{xid: m.Xid, streamed: true, rels: map[uint32]*relation{}}
 		}
-		return nil, nil
+		return nil
 	case *pglogrepl.StreamStopMessageV2:
 		d.inStream = false
-		return nil, nil
+		// The block is over: what the shared buffer holds goes to its
+		// file, so that only one block's tail is ever in memory.
+		return d.spill.flush()
 	case *pglogrepl.StreamAbortMessageV2:
-		d.abort(m.Xid, m.SubXid)
-		return nil, nil
+		return d.abort(m.Xid, m.SubXid)
 	case *pglogrepl.StreamCommitMessageV2:
 		tx := d.streams[m.Xid]
 		delete(d.streams, m.Xid)
 		if tx == nil {
 			if uint64(m.TransactionEndLSN) <= d.last {
-				return nil, nil
+				return nil
 			}
-			return nil, decodeErr("STREAM COMMIT of xid %d, whose changes were never streamed", m.Xid)
+			return decodeErr("STREAM COMMIT of xid %d, whose changes were never streamed", m.Xid)
 		}
-		return d.commit(tx, uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime)
+		defer d.spill.remove(tx.spill)
+		return d.commitStreamed(tx, uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime, emit)
 	}
 	// Type and Origin messages: types are looked up by OID when needed.
-	return nil, nil
+	return nil
 }
 
 // current is the transaction a change belongs to.
@@ -349,7 +466,7 @@ func (d *decoder) key(r *relation, tup, fill *pglogrepl.TupleData) ([]byte, erro
 	return k, nil
 }
 
-func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, old, tup *pglogrepl.TupleData) error {
+func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, old, tup *pglogrepl.TupleData, emit func(*source.Window) error) error {
 	tx, err := d.current()
 	if err != nil || tx.skip {
 		return err
@@ -358,18 +475,20 @@ func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, o
 	if err != nil || !r.captured {
 		return err
 	}
+	if err := d.chunk(tx, emit); err != nil {
+		return err
+	}
+	if tx.streamed {
+		// The change's events are in the spill file once it returns.
+		defer tx.arena.reset()
+	}
 	for _, t := range []*pglogrepl.TupleData{old, tup} {
 		if t != nil && len(t.Columns) != len(r.types) {
 			return decodeErr("%s: tuple of %d columns for a relation of %d", r.name, len(t.Columns), len(r.types))
 		}
 	}
 	ev := event.Event{Kind: event.KindData, Op: op, Source: r.table.ID, SchemaVersion: r.table.Version}
-	add := func(e event.Event) {
-		tx.events = append(tx.events, e)
-		if tx.rels != nil {
-			tx.subxids = append(tx.subxids, xid)
-		}
-	}
+	add := func(e event.Event) error { return d.add(tx, xid, e) }
 	switch op {
 	case event.OpInsert:
 		if ev.Key, err = d.key(r, tup, nil); err != nil {
@@ -381,7 +500,7 @@ func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, o
 			return err
 		}
 		ev.Payload = tx.arena.copy(b)
-		add(ev)
+		return add(ev)
 	case event.OpDelete:
 		if old == nil {
 			return decodeErr("%s: DELETE without an old tuple", r.name)
@@ -395,7 +514,7 @@ func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, o
 			return err
 		}
 		ev.Before, ev.HasBefore = tx.arena.copy(b), true
-		add(ev)
+		return add(ev)
 	case event.OpUpdate:
 		full := oldType == pglogrepl.UpdateMessageTupleTypeOld
 		var fill *pglogrepl.TupleData
@@ -421,14 +540,15 @@ func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, o
 				}
 				del := ev
 				del.Op, del.Key, del.Before, del.HasBefore = event.OpDelete, tx.arena.copy(oldKey), tx.arena.copy(b), true
-				add(del)
+				if err := add(del); err != nil {
+					return err
+				}
 				if b, err = d.image(r, tup, fill); err != nil {
 					return err
 				}
 				ins := ev
 				ins.Op, ins.Key, ins.Payload = event.OpInsert, newKey, tx.arena.copy(b)
-				add(ins)
-				return nil
+				return add(ins)
 			}
 		}
 		b, err := d.image(r, tup, fill)
@@ -442,9 +562,49 @@ func (d *decoder) change(xid uint32, relid uint32, op event.Op, oldType uint8, o
 			}
 			ev.Before, ev.HasBefore = tx.arena.copy(b), true
 		}
-		add(ev)
+		return add(ev)
 	}
 	return nil
+}
+
+// add appends e, an event of (sub)transaction xid, to tx: to its pending
+// events, or to its spill file when it is streamed.
+func (d *decoder) add(tx *txn, xid uint32, e event.Event) error {
+	if tx.streamed {
+		return d.spill.write(&tx.spill, tx.xid, xid, &e)
+	}
+	tx.events = append(tx.events, e)
+	return nil
+}
+
+// chunk emits the pending events of a plain transaction as a chunk once
+// they take chunkBytes or number chunkEvents, and then reuses their memory.
+// It is called before a change is added, so that the final window is
+// never empty, and a chunk always ends after a whole change (the delete
+// and insert of a key change travel together).
+func (d *decoder) chunk(tx *txn, emit func(*source.Window) error) error {
+	if tx.streamed || !d.full(tx) {
+		return nil
+	}
+	events, err := tx.ann.announce(tx.events)
+	if err != nil {
+		return err
+	}
+	w := source.Window{Partial: true, Events: events}
+	if err := emit(&w); err != nil {
+		return err
+	}
+	d.chunked, tx.chunked = true, true
+	// The relay has copied the chunk: its events and arena are reused.
+	clear(tx.events)
+	tx.events = tx.events[:0]
+	tx.arena.reset()
+	return nil
+}
+
+// full reports whether tx's pending events make a chunk.
+func (d *decoder) full(tx *txn) bool {
+	return len(tx.events) > 0 && (d.chunkBytes > 0 && tx.pending() >= d.chunkBytes || d.chunkEvents > 0 && len(tx.events) >= d.chunkEvents)
 }
 
 // ddlChange is the payload of the schema-change events the adapter emits
@@ -469,9 +629,12 @@ func schemaChange(t schema.Table) event.SchemaChange {
 	return event.SchemaChange{Source: t.ID, Name: t.Name, Version: t.Version, Key: t.Key, Avro: t.AvroSchema()}
 }
 
-func (d *decoder) truncate(xid uint32, m *pglogrepl.TruncateMessage) error {
+func (d *decoder) truncate(xid uint32, m *pglogrepl.TruncateMessage, emit func(*source.Window) error) error {
 	tx, err := d.current()
 	if err != nil || tx.skip {
+		return err
+	}
+	if err := d.chunk(tx, emit); err != nil {
 		return err
 	}
 	for _, relid := range m.RelationIDs {
@@ -492,41 +655,39 @@ func (d *decoder) truncate(xid uint32, m *pglogrepl.TruncateMessage) error {
 		if err != nil {
 			return err
 		}
-		tx.events = append(tx.events, event.Event{Kind: event.KindSchemaChange, Source: r.table.ID, SchemaVersion: r.table.Version, Payload: p})
-		if tx.rels != nil {
-			tx.subxids = append(tx.subxids, xid)
+		if err := d.add(tx, xid, event.Event{Kind: event.KindSchemaChange, Source: r.table.ID, SchemaVersion: r.table.Version, Payload: p}); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
 // abort drops a streamed transaction, or one subtransaction's events.
-func (d *decoder) abort(xid, subxid uint32) {
+func (d *decoder) abort(xid, subxid uint32) error {
 	tx := d.streams[xid]
 	if tx == nil {
-		return
+		return nil
 	}
 	if subxid == xid || subxid == 0 {
 		delete(d.streams, xid)
-		return
+		d.spill.remove(tx.spill)
+		return nil
 	}
-	keep := 0
-	for i := range tx.events {
-		if tx.subxids[i] != subxid {
-			tx.events[keep], tx.subxids[keep] = tx.events[i], tx.subxids[i]
-			keep++
-		}
+	if tx.spill == nil {
+		return nil
 	}
-	clear(tx.events[keep:])
-	tx.events, tx.subxids = tx.events[:keep], tx.subxids[:keep]
+	return d.spill.abort(tx.spill, subxid)
 }
 
 // message turns a non-transactional "databus" message (a heartbeat) into an
 // empty window at its LSN.
-func (d *decoder) message(m *pglogrepl.LogicalDecodingMessage) (*source.Window, error) {
+func (d *decoder) message(m *pglogrepl.LogicalDecodingMessage, emit func(*source.Window) error) error {
 	lsn := uint64(m.LSN)
-	if m.Transactional || m.Prefix != heartbeatPrefix || lsn <= d.last {
-		return nil, nil
+	// pgoutput sends a plain transaction in one piece, at its commit: no
+	// message can fall between its Begin and Commit (the d.tx test is a
+	// safeguard of the chunk contract).
+	if m.Transactional || m.Prefix != heartbeatPrefix || lsn <= d.last || d.tx != nil {
+		return nil
 	}
 	ts := d.lastTS
 	// "heartbeat <µs since the epoch>", written by the server's clock: a
@@ -537,69 +698,124 @@ func (d *decoder) message(m *pglogrepl.LogicalDecodingMessage) (*source.Window, 
 		}
 	}
 	d.last, d.lastTS = lsn, ts
-	return &source.Window{SCN: lsn, Timestamp: ts, Position: source.Position{SCN: lsn}}, nil
+	return emit(&source.Window{SCN: lsn, Timestamp: ts, Position: source.Position{SCN: lsn}})
 }
 
-// commit closes a transaction: it decides where schema-change events fall
-// (see announce), records that decision, and returns the window, or nil for
-// a transaction already emitted or without captured changes.
-func (d *decoder) commit(tx *txn, commitLSN, end uint64, at time.Time) (*source.Window, error) {
-	if tx.skip || end <= d.last || len(tx.events) == 0 {
-		return nil, nil
+// commit closes a plain transaction: its window, or its final chunk, goes to
+// emit; nothing for a transaction already emitted or without captured
+// changes.
+func (d *decoder) commit(tx *txn, commitLSN, end uint64, at time.Time, emit func(*source.Window) error) error {
+	if tx.skip || end <= d.last {
+		if tx.chunked {
+			// Not reachable: skip is decided at Begin, before any chunk,
+			// and the commit ends after its Begin's final LSN.
+			d.chunked = false
+			w := abandoned
+			return emit(&w)
+		}
+		return nil
 	}
-	events, trans, err := d.announce(tx.events, commitLSN)
+	if len(tx.events) == 0 && !tx.chunked {
+		return nil
+	}
+	if tx.ann.at != commitLSN {
+		return decodeErr("transaction %d began with commit LSN %s and committed at %s", tx.xid, lsnString(tx.ann.at), lsnString(commitLSN))
+	}
+	return d.finish(tx.xid, &tx.ann, tx.events, end, at, emit)
+}
+
+// commitStreamed closes a streamed transaction: its spilled events are read
+// back, those of rolled-back subtransactions left out, and go to emit as
+// chunks of bounded size and a final window, or as one window when they
+// fit in a chunk. The caller removes the spill file.
+func (d *decoder) commitStreamed(tx *txn, commitLSN, end uint64, at time.Time, emit func(*source.Window) error) error {
+	if end <= d.last || tx.spill == nil {
+		return nil
+	}
+	// A fresh arena and slice: the final window's events keep them.
+	rt := &txn{xid: tx.xid, ann: announcer{store: d.store, at: commitLSN}}
+	d.replaying = rt
+	defer func() { d.replaying = nil }()
+	err := d.spill.replay(tx.spill, &rt.arena, func() error { return d.chunk(rt, emit) }, func(e event.Event) error {
+		rt.events = append(rt.events, e)
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if len(trans) > 0 {
-		if err := d.store.recordCommit(commitLSN, trans); err != nil {
-			return nil, err
+	if len(rt.events) == 0 && !rt.chunked {
+		return nil
+	}
+	return d.finish(tx.xid, &rt.ann, rt.events, end, at, emit)
+}
+
+// finish emits the last events of a transaction as its window (the final
+// chunk, when chunks of it were emitted), after recording where its schema
+// changes fell.
+func (d *decoder) finish(xid uint32, ann *announcer, events []event.Event, end uint64, at time.Time, emit func(*source.Window) error) error {
+	events, err := ann.announce(events)
+	if err != nil {
+		return err
+	}
+	if len(ann.trans) > 0 {
+		if err := d.store.recordCommit(ann.at, ann.trans); err != nil {
+			return err
 		}
 	}
 	ts := at.UnixNano()
 	for i := range events {
 		events[i].SCN, events[i].Timestamp = end, ts
 	}
-	d.last, d.lastTS = end, ts
-	return &source.Window{
+	d.last, d.lastTS, d.chunked = end, ts, false
+	return emit(&source.Window{
 		SCN:       end,
 		Timestamp: ts,
-		TxID:      strconv.FormatUint(uint64(tx.xid), 10),
+		TxID:      strconv.FormatUint(uint64(xid), 10),
 		Events:    events,
 		Position:  source.Position{SCN: end},
-	}, nil
+	})
 }
 
-// announce inserts a schema-change event before every event that uses a
+// announcer inserts a schema-change event before every event that uses a
 // version of its table other than the one the table's previous event used,
 // the previous event of a transaction's first use being the recorded
-// transition before it (commit order). It returns the transitions of this
-// transaction, which depend only on the log and on the recorded history:
-// re-reading the log puts schema changes in the same windows.
-func (d *decoder) announce(events []event.Event, at uint64) ([]event.Event, []idVersion, error) {
-	type inForce struct {
-		id uint32
-		v  uint16
-		ok bool
-	}
-	var cur []inForce // tables seen in this transaction; few
-	var trans []idVersion
+// transition before it (commit order). It follows one transaction, chunk
+// after chunk, and collects its transitions, which depend only on the log
+// and on the recorded history: re-reading the log puts schema changes in
+// the same windows, before the same events.
+type announcer struct {
+	store *schemaStore
+	at    uint64 // the transaction's commit LSN
+	cur   []inForce
+	trans []idVersion
+}
+
+// inForce is the version a table's rows use at a point of a transaction.
+type inForce struct {
+	id uint32
+	v  uint16
+	ok bool
+}
+
+// announce returns events with the schema-change events they need; events
+// itself when they need none.
+func (a *announcer) announce(events []event.Event) ([]event.Event, error) {
 	var out []event.Event
 	for i := range events {
 		e := &events[i]
 		j := -1
-		for k := range cur {
-			if cur[k].id == e.Source {
+		for k := range a.cur { // tables seen in this transaction; few
+			if a.cur[k].id == e.Source {
 				j = k
 				break
 			}
 		}
 		if j < 0 {
-			v, ok := d.store.versionBefore(e.Source, at)
-			cur = append(cur, inForce{e.Source, v, ok})
-			j = len(cur) - 1
+			v, ok := a.store.versionBefore(e.Source, a.at)
+			a.cur = append(a.cur, inForce{e.Source, v, ok})
+			j = len(a.cur) - 1
 		}
-		if cur[j].ok && cur[j].v == e.SchemaVersion {
+		if a.cur[j].ok && a.cur[j].v == e.SchemaVersion {
 			if out != nil {
 				out = append(out, *e)
 			}
@@ -609,20 +825,20 @@ func (d *decoder) announce(events []event.Event, at uint64) ([]event.Event, []id
 			out = make([]event.Event, 0, len(events)+1)
 			out = append(out, events[:i]...)
 		}
-		t, ok := d.store.table(e.Source, e.SchemaVersion)
+		t, ok := a.store.table(e.Source, e.SchemaVersion)
 		if !ok {
-			return nil, nil, fmt.Errorf("%w: version %d of source %d is not in the history", errStore, e.SchemaVersion, e.Source)
+			return nil, fmt.Errorf("%w: version %d of source %d is not in the history", errStore, e.SchemaVersion, e.Source)
 		}
 		sc, err := event.NewSchemaChange(0, 0, schemaChange(t))
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		out = append(out, sc, *e)
-		cur[j] = inForce{e.Source, e.SchemaVersion, true}
-		trans = append(trans, idVersion{e.Source, e.SchemaVersion})
+		a.cur[j] = inForce{e.Source, e.SchemaVersion, true}
+		a.trans = append(a.trans, idVersion{e.Source, e.SchemaVersion})
 	}
 	if out == nil {
-		return events, nil, nil
+		return events, nil
 	}
-	return out, trans, nil
+	return out, nil
 }

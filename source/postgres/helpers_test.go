@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -170,16 +171,53 @@ func open(t testing.TB, cfg Config) (*Source, []schema.Table) {
 	return s, tables
 }
 
-// runner runs a Source in the background and collects its windows.
+// runner runs a Source in the background and collects its windows. It
+// assembles the chunks of a large transaction (source.Window.Partial) into
+// its whole window, as the relay does.
 type runner struct {
 	cancel context.CancelFunc
 	done   chan error
 	ended  bool
 	err    error
 
-	mu      sync.Mutex
-	windows []*source.Window
-	changed chan struct{}
+	mu        sync.Mutex
+	windows   []*source.Window
+	pending   []event.Event // chunks of the window in progress, copied
+	chunks    int           // chunks received
+	abandoned int           // abandoning chunks received
+	changed   chan struct{}
+}
+
+// take records what emit received.
+func (r *runner) take(w *source.Window) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case w.Partial && w.Abandon:
+		r.abandoned++
+		r.pending = nil
+		return
+	case w.Partial:
+		r.chunks++
+		for _, e := range w.Events { // the adapter reuses their memory
+			if e.SCN != 0 {
+				panic(fmt.Sprintf("chunk event with SCN %d", e.SCN))
+			}
+			e.Key, e.Payload, e.Before = bytes.Clone(e.Key), bytes.Clone(e.Payload), bytes.Clone(e.Before)
+			r.pending = append(r.pending, e)
+		}
+		return
+	case r.pending != nil:
+		whole := *w
+		whole.Events = r.pending
+		for i := range whole.Events {
+			whole.Events[i].SCN, whole.Events[i].Timestamp = w.SCN, w.Timestamp
+		}
+		whole.Events = append(whole.Events, w.Events...)
+		r.pending = nil
+		w = &whole
+	}
+	r.windows = append(r.windows, w)
 }
 
 func startRun(t testing.TB, s *Source, from source.Position) *runner {
@@ -188,9 +226,7 @@ func startRun(t testing.TB, s *Source, from source.Position) *runner {
 	r := &runner{cancel: cancel, done: make(chan error, 1), changed: make(chan struct{}, 1)}
 	go func() {
 		r.done <- s.Run(ctx, from, func(ctx context.Context, w *source.Window) error {
-			r.mu.Lock()
-			r.windows = append(r.windows, w)
-			r.mu.Unlock()
+			r.take(w)
 			select {
 			case r.changed <- struct{}{}:
 			default:

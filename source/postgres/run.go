@@ -26,11 +26,13 @@ func (e *emitError) Unwrap() error { return e.err }
 
 // capture is the state of one Run.
 type capture struct {
-	s    *Source
-	cfg  Config
-	cat  *catalog
-	dec  *decoder
-	emit func(context.Context, *source.Window) error
+	s   *Source
+	cfg Config
+	cat *catalog
+	dec *decoder
+	// emit is Run's emit, wrapped: its errors become *emitError, and the
+	// windows it takes are counted in the stats.
+	emit func(*source.Window) error
 
 	version int
 	proto   int
@@ -56,7 +58,7 @@ func (s *Source) Run(ctx context.Context, from source.Position, emit func(contex
 		return errors.New("databus: postgres: Run is already running")
 	}
 	s.running = true
-	c := &capture{s: s, cfg: s.cfg, cat: s.cat, emit: emit, version: s.version, proto: s.proto, replCfg: s.replCfg}
+	c := &capture{s: s, cfg: s.cfg, cat: s.cat, version: s.version, proto: s.proto, replCfg: s.replCfg}
 	store, hbCfg := s.store, s.hbCfg
 	s.mu.Unlock()
 	defer func() {
@@ -64,8 +66,34 @@ func (s *Source) Run(ctx context.Context, from source.Position, emit func(contex
 		s.running = false
 		s.mu.Unlock()
 	}()
-	c.dec = newDecoder(store, &resolver{cat: c.cat, store: store}, s.cfg.Tables, c.proto, from.SCN)
-	s.stats.lastWindow.Store(time.Now().UnixNano())
+	c.emit = func(w *source.Window) error {
+		if w.Partial {
+			s.storeHeld(c.dec) // the peak: a chunk's worth
+		}
+		if err := emit(ctx, w); err != nil {
+			return &emitError{err}
+		}
+		if w.Partial {
+			s.stats.chunks.Add(1)
+			return nil
+		}
+		now := time.Now().UnixNano()
+		s.stats.lastSCN.Store(w.SCN)
+		s.stats.lastWindow.Store(now)
+		if len(w.Events) == 0 {
+			s.stats.lastHeartbeat.Store(now)
+		}
+		return nil
+	}
+	c.dec = newDecoder(store, &resolver{cat: c.cat, store: store}, s.cfg.Tables, c.proto, from.SCN,
+		newSpiller(spillPath(s.cfg.StateDir)), s.cfg.ChunkBytes, s.cfg.ChunkEvents)
+	defer func() {
+		c.dec.close()
+		c.s.storeHeld(c.dec)
+	}()
+	now := time.Now().UnixNano()
+	s.stats.lastWindow.Store(now)
+	s.stats.started.Store(now)
 
 	hbCtx, stopHB := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -149,7 +177,11 @@ func (c *capture) session(ctx context.Context) error {
 		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
 		return c.startError(err)
 	}
-	c.dec.reset()
+	err = c.dec.reset(c.emit)
+	s.storeHeld(c.dec)
+	if err != nil {
+		return err
+	}
 	s.stats.streaming.Store(true)
 	defer s.stats.streaming.Store(false)
 	s.log.Info("replication started", "from", lsnString(start), "protocol", c.proto)
@@ -254,22 +286,10 @@ func (c *capture) session(ctx context.Context) error {
 					return fmt.Errorf("%w: XLogData: %v", ErrDecode, err)
 				}
 				received = max(received, uint64(xld.ServerWALEnd))
-				w, err := c.dec.handle(ctx, xld.WALData)
+				err = c.dec.handle(ctx, xld.WALData, c.emit)
+				s.storeHeld(c.dec)
 				if err != nil {
 					return err
-				}
-				s.stats.held.Store(c.dec.held())
-				if w == nil {
-					continue
-				}
-				if err := c.emit(ctx, w); err != nil {
-					return &emitError{err}
-				}
-				now := time.Now().UnixNano()
-				s.stats.lastSCN.Store(w.SCN)
-				s.stats.lastWindow.Store(now)
-				if len(w.Events) == 0 {
-					s.stats.lastHeartbeat.Store(now)
 				}
 			}
 		case *pgproto3.ErrorResponse:
@@ -278,6 +298,14 @@ func (c *capture) session(ctx context.Context) error {
 			return errors.New("databus: postgres: the server ended the replication stream")
 		}
 	}
+}
+
+// storeHeld publishes the decoder's open transactions in the stats.
+func (s *Source) storeHeld(d *decoder) {
+	held, spilled := d.held()
+	s.stats.held.Store(held)
+	s.stats.spilled.Store(spilled)
+	s.stats.open.Store(int64(d.open()))
 }
 
 // errServerWaits ends a session whose server asks again and again for a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/databus-go/databus/schema"
 	"github.com/databus-go/databus/source"
@@ -46,6 +48,7 @@ type Source struct {
 	wake    func() // wakes the running capture loop (Release); nil when none
 
 	stats stats
+	descs *metricDescs // of the Prometheus metrics (see metrics.go)
 }
 
 // stats are the counters behind Stats, written by Run's goroutines.
@@ -56,7 +59,11 @@ type stats struct {
 	serverLSN     atomic.Uint64
 	slotConfirmed atomic.Uint64
 	reconnects    atomic.Uint64
+	chunks        atomic.Uint64
 	held          atomic.Int64
+	spilled       atomic.Int64
+	open          atomic.Int64
+	started       atomic.Int64 // unix ns, start of the current (or last) Run
 	streaming     atomic.Bool
 	walStatus     atomic.Value // string
 }
@@ -88,9 +95,18 @@ type Stats struct {
 	// Reconnects counts the replication sessions started again after a
 	// failure.
 	Reconnects uint64
-	// HeldBytes is the size of the keys and images of transactions still
-	// open: streamed transactions are held in memory until they commit.
+	// HeldBytes is the memory taken by the events of open transactions not
+	// yet handed to the relay (keys and images, plus about 128 bytes an
+	// event): at most about Config.ChunkBytes.
 	HeldBytes int64
+	// SpilledBytes is the size of the spill files of open streamed
+	// transactions, and OpenTransactions the number of open transactions
+	// (streamed ones, and the plain one being read).
+	SpilledBytes     int64
+	OpenTransactions int
+	// Chunks counts the chunks of large windows emitted
+	// (source.Window.Partial).
+	Chunks uint64
 	// Streaming reports whether a replication session is up.
 	Streaming bool
 }
@@ -105,6 +121,9 @@ func (s *Source) Stats() Stats {
 		LastSCN:          s.stats.lastSCN.Load(),
 		Reconnects:       s.stats.reconnects.Load(),
 		HeldBytes:        s.stats.held.Load(),
+		SpilledBytes:     s.stats.spilled.Load(),
+		OpenTransactions: int(s.stats.open.Load()),
+		Chunks:           s.stats.chunks.Load(),
 		Streaming:        s.stats.streaming.Load(),
 	}
 	if st.ServerLSN > st.SlotConfirmedLSN && st.SlotConfirmedLSN > 0 {
@@ -134,7 +153,7 @@ func New(cfg Config, opts ...Option) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Source{cfg: cfg.withDefaults(), log: slog.Default()}
+	s := &Source{cfg: cfg.withDefaults(), log: slog.Default(), descs: newMetricDescs()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -142,7 +161,10 @@ func New(cfg Config, opts ...Option) (*Source, error) {
 	return s, nil
 }
 
-var _ source.Source = (*Source)(nil)
+var (
+	_ source.Source        = (*Source)(nil)
+	_ prometheus.Collector = (*Source)(nil)
+)
 
 // Session settings of the replication connection: they fix the text form
 // pgoutput renders values in, which the decoder parses.
@@ -219,6 +241,10 @@ func (s *Source) Open(ctx context.Context) ([]schema.Table, error) {
 			cat.close()
 			return nil, err
 		}
+	}
+	if err := resetSpillDir(spillPath(s.cfg.StateDir)); err != nil {
+		cat.close()
+		return nil, err
 	}
 	out := make([]schema.Table, 0, len(tables))
 	for _, t := range tables {
@@ -525,7 +551,8 @@ func (s *Source) Release(_ context.Context, pos source.Position) error {
 	return nil
 }
 
-// Close releases the adapter's connections. Run must have returned.
+// Close releases the adapter's connections and removes its spill
+// directory. Run must have returned.
 func (s *Source) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -533,11 +560,16 @@ func (s *Source) Close() error {
 		return nil
 	}
 	s.closed = true
-	cat := s.cat
+	cat, opened := s.cat, s.opened
 	s.cat = nil
 	s.mu.Unlock()
 	if cat != nil {
 		cat.close()
+	}
+	if opened {
+		if err := os.RemoveAll(spillPath(s.cfg.StateDir)); err != nil {
+			return fmt.Errorf("%w: %v", errSpill, err)
+		}
 	}
 	return nil
 }

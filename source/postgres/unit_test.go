@@ -267,6 +267,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }, "MinBackoff"},
 		{func(c *Config) { c.MaxBackoff = -1 }, "MaxBackoff"},
 		{func(c *Config) { c.ProtocolVersion = 3 }, "ProtocolVersion"},
+		{func(c *Config) { c.ChunkBytes = 4095 }, "ChunkBytes"},
+		{func(c *Config) { c.ChunkEvents = -1 }, "ChunkEvents"},
 	} {
 		cfg := good
 		c.mod(&cfg)
@@ -279,7 +281,8 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	d := good.withDefaults()
-	if d.Slot != "databus" || d.Publication != "databus" || d.HeartbeatInterval != time.Second || !d.createSlot() || !d.createPublication() {
+	if d.Slot != "databus" || d.Publication != "databus" || d.HeartbeatInterval != time.Second || !d.createSlot() || !d.createPublication() ||
+		d.ChunkBytes != DefaultChunkBytes || d.ChunkEvents != DefaultChunkEvents {
 		t.Fatalf("defaults: %+v", d)
 	}
 	b, _ := json.Marshal(good)

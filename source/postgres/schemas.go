@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/databus-go/databus/internal/atomicfile"
 	"github.com/databus-go/databus/schema"
 )
 
@@ -348,37 +349,11 @@ func (st *schemaStore) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(st.path, b); err != nil {
+	if err := atomicWrite(st.path, b); err != nil {
 		return fmt.Errorf("%w: persist %s: %v", errStore, st.path, err)
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+// atomicWrite replaces path with b and a trailing newline.
+func atomicWrite(path string, b []byte) error { return atomicfile.Write(path, append(b, '\n')) }

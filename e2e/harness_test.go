@@ -24,6 +24,7 @@ import (
 
 	"github.com/databus-go/databus/client"
 	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/internal/dbtest"
 	"github.com/databus-go/databus/relay"
 	"github.com/databus-go/databus/source/sqlite"
 )
@@ -43,7 +44,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building databus:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := dbtest.Run(m) // also removes the template data directories of private servers
 	os.RemoveAll(dir)
 	if code == 0 {
 		if err := goleak.Find(goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener")); err != nil {

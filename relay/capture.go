@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -334,10 +335,20 @@ func (r *Relay) captured(scn uint64) {
 }
 
 func marshalPosition(p source.Position) ([]byte, error) {
-	if len(p.Data) > 0 && !json.Valid(p.Data) {
-		return nil, errors.New("position data is not valid JSON")
+	// Built by hand: this runs once per window, and encoding/json (which
+	// also re-compacts the raw data) took a quarter of the capture path's
+	// CPU with single-row windows.
+	b := make([]byte, 0, 32+len(p.Data))
+	b = append(b, `{"scn":`...)
+	b = strconv.AppendUint(b, p.SCN, 10)
+	if len(p.Data) > 0 {
+		if !json.Valid(p.Data) {
+			return nil, errors.New("position data is not valid JSON")
+		}
+		b = append(b, `,"data":`...)
+		b = append(b, p.Data...)
 	}
-	return json.Marshal(p)
+	return append(b, '}'), nil
 }
 
 // releaseLoop persists the low watermark and releases evicted windows to the

@@ -366,3 +366,19 @@ func TestArena(t *testing.T) {
 		t.Error("a later window overwrote an earlier one")
 	}
 }
+
+func TestMarshalPosition(t *testing.T) {
+	for _, p := range []source.Position{{}, {SCN: 42}, {SCN: 1 << 40, Data: []byte(`{"file":"binlog.000002","pos":4,"gtid":"0-1-9"}`)}} {
+		got, err := marshalPosition(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back source.Position
+		if err := json.Unmarshal(got, &back); err != nil || back.SCN != p.SCN || string(back.Data) != string(p.Data) {
+			t.Errorf("marshalPosition(%+v) = %s, which reads back as %+v (%v)", p, got, back, err)
+		}
+	}
+	if _, err := marshalPosition(source.Position{Data: []byte("{")}); err == nil {
+		t.Error("invalid position data was accepted")
+	}
+}

@@ -38,8 +38,9 @@
 // server's current file) and the offset in its low half.
 //
 // The zero Position does not mean "the oldest change": on a big server the
-// oldest binlog can be weeks old. It starts at the current end of the
-// binlog (SHOW MASTER STATUS), which is what a new relay wants; set
+// oldest binlog can be weeks old. It starts at the end of the binlog as of
+// Open (SHOW MASTER STATUS), which is what a new relay wants: everything
+// committed after Open returned is captured; set
 // Config.StartAt to "oldest" for the start of the oldest binlog file. A run
 // from the zero Position first emits an empty window at its start position,
 // so the relay holds a concrete position before any transaction arrives.

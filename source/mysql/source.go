@@ -37,6 +37,10 @@ type Source struct {
 	store    *schemaStore
 	filter   *filter
 	released source.Position // the newest position the relay released
+	// openEnd is the end of the binlog when Open ran: where a run from the
+	// zero Position starts with StartAtEnd, so that nothing committed after
+	// Open returned (and the relay said it was ready) is skipped.
+	openEnd *posData
 }
 
 // Option configures a Source.
@@ -98,9 +102,18 @@ func (s *Source) Open(ctx context.Context) ([]schema.Table, error) {
 		db.Close()
 		return nil, err
 	}
+	var end *posData
+	if s.cfg.StartAt != StartAtOldest {
+		p, err := masterStatus(ctx, db)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		end = &p
+	}
 	s.mu.Lock()
 	old := s.db
-	s.db, s.flavor, s.colls, s.store = db, flavor, colls, store
+	s.db, s.flavor, s.colls, s.store, s.openEnd = db, flavor, colls, store, end
 	s.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -496,6 +509,12 @@ func (s *Source) startPosition(ctx context.Context, db *sql.DB, from source.Posi
 			return p, false, errors.New("databus: mysql: the server has no binlog files")
 		}
 		return posData{File: files[0], Pos: 4}, true, nil
+	}
+	s.mu.Lock()
+	end := s.openEnd
+	s.mu.Unlock()
+	if end != nil {
+		return *end, true, nil
 	}
 	p, err = masterStatus(ctx, db)
 	return p, true, err

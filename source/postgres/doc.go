@@ -158,7 +158,11 @@
 // of the row, or the bootstrap store's), i.e. it applies such an update as
 // a partial update. With REPLICA IDENTITY FULL the old row is logged whole,
 // so the adapter fills the values from it and the list stays empty. The
-// list is empty for inserts, deletes and before-images.
+// list is empty for deletes and before-images. One case lists columns on an
+// insert: an UPDATE that changes the key (emitted as a delete of the old key
+// and an insert of the new one) with an unchanged TOASTed column. The value
+// then lives under the old key, in the consumer's copy of the row the
+// delete just before it removes: take it from there.
 //
 // # Types
 //

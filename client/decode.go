@@ -124,7 +124,9 @@ func (d *windowDecoder) decodeWindow(b []byte, refreshed bool) (*Window, int, er
 			if err != nil {
 				return nil, 0, err
 			}
-			w.schemaChanges = append(w.schemaChanges, t)
+			sc, _ := f.SchemaChange() // applyChange has decoded it once already
+			w.Changes = append(w.Changes, Change{At: len(w.Events), Table: t, DDL: sc.DDL, Truncate: sc.Truncate,
+				Drop: sc.Drop, RenamedFrom: sc.RenamedFrom, RenamedTo: sc.RenamedTo})
 		case event.KindData:
 			entry, ok := d.lookup(f.Source, f.SchemaVersion)
 			if !ok && refreshed {

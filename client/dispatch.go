@@ -189,8 +189,13 @@ func (c *Client) needsCall(w *Window) bool {
 	if len(w.Events) > 0 || c.cfg.emptyWindows {
 		return true
 	}
+	for _, ch := range w.Changes {
+		if ch.Truncate || ch.Drop {
+			return true // rows to drop, though the window has no row events
+		}
+	}
 	_, ok := c.h.(SchemaChangeHandler)
-	return ok && len(w.schemaChanges) > 0
+	return ok && len(w.Changes) > 0
 }
 
 // deliver makes one attempt at window w under the callback budget.
@@ -199,13 +204,13 @@ func (c *Client) deliver(ctx context.Context, w *Window) error {
 	defer cancel()
 	err := func() error {
 		if sh, ok := c.h.(SchemaChangeHandler); ok {
-			for _, t := range w.schemaChanges {
-				if err := sh.OnSchemaChange(cctx, t); err != nil {
+			for _, ch := range w.Changes {
+				if err := sh.OnSchemaChange(cctx, ch.Table); err != nil {
 					return err
 				}
 			}
 		}
-		if len(w.Events) > 0 || c.cfg.emptyWindows {
+		if len(w.Events) > 0 || c.cfg.emptyWindows || len(w.Changes) > 0 {
 			return c.h.OnWindow(cctx, w)
 		}
 		return nil

@@ -61,6 +61,12 @@
 // Optional interfaces, found by type assertion on the Handler:
 // SchemaChangeHandler hears about new schema versions.
 //
+// Schema changes and DDL signals arrive in Window.Changes, each placed among
+// the window's events. A handler that materialises rows must apply a change
+// with Truncate (or Drop) at its place, deleting every row it holds for that
+// source: TRUNCATE leaves no row events in the source's log. A window that
+// carries such a change is always handed to OnWindow, even without events.
+//
 // # What is retried
 //
 // Pulling: a connection error, a timeout, a 5xx or 429 status, a corrupt or

@@ -16,9 +16,12 @@ type Window struct {
 	TxID      string    // source transaction id (a GTID for MySQL/MariaDB), may be empty
 	Events    []*Event
 
-	// schemaChanges are the schema versions announced inside the window, in
-	// stream order; they are already in the client's registry.
-	schemaChanges []schema.Table
+	// Changes are the schema changes and DDL signals inside the window, in
+	// stream order, each placed among Events. Their versions are already in
+	// the client's registry. A consumer that materialises rows must apply a
+	// Truncate or Drop change at its place: the source's log carries no row
+	// events for it.
+	Changes []Change
 	// size is the number of bytes of frames the window took on the wire.
 	size int
 }
@@ -97,3 +100,21 @@ func (e *Event) DecodeBefore(v any) error {
 // KeyValues returns the primary key's components, in key-column order, as
 // nil, int64, uint64, string or []byte values (see event.DecodeKey).
 func (e *Event) KeyValues() ([]any, error) { return event.DecodeKey(e.Key) }
+
+// Change is a schema change or DDL signal inside a window.
+type Change struct {
+	// At places the change: it happened after Events[:At] and before
+	// Events[At:].
+	At int
+	// Table is the schema version in force after the change.
+	Table schema.Table
+	// DDL is "alter", "rename", "truncate" or "drop" for changes that stand
+	// for a statement, "" for a new version announced before its first row.
+	DDL string
+	// Truncate: every row of Table's source was deleted here.
+	Truncate bool
+	// Drop: the table was dropped here; its rows are gone.
+	Drop bool
+	// RenamedFrom / RenamedTo name the other side of a rename.
+	RenamedFrom, RenamedTo string
+}

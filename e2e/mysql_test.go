@@ -263,7 +263,21 @@ func (m *rowCopy) OnWindow(_ context.Context, w *client.Window) error {
 	// columns whose values are those of the row just deleted.
 	deleted := map[string]canonRow{}
 	var txns []int64
-	for _, e := range w.Events {
+	changes := w.Changes
+	// applyChanges applies the TRUNCATE/DROP signals placed before event i.
+	applyChanges := func(i int) {
+		for len(changes) > 0 && changes[0].At <= i {
+			if ch := changes[0]; ch.Truncate || ch.Drop {
+				if st := m.state[ch.Table.Name]; st != nil {
+					clear(st)
+				}
+			}
+			changes = changes[1:]
+		}
+	}
+	defer applyChanges(len(w.Events))
+	for i, e := range w.Events {
+		applyChanges(i)
 		m.events++
 		if e.SCN != w.SCN {
 			m.t.Errorf("event of scn %d inside window %d", e.SCN, w.SCN)

@@ -268,6 +268,23 @@ type SchemaChange struct {
 	// schema package defines them (schema.ChangeOf fills it); without it a
 	// reader rebuilds the columns from the Avro record.
 	Columns json.RawMessage `json:"columns,omitempty"`
+
+	// DDL, when set, says which statement the frame stands for: "alter",
+	// "rename", "truncate" or "drop". The version above is the one in force
+	// after it.
+	DDL string `json:"ddl,omitempty"`
+	// Truncate: every row of the source was deleted at this point of the
+	// window (TRUNCATE). The log carries no row events for it, so a
+	// consumer must drop the rows it holds for this source here.
+	Truncate bool `json:"truncate,omitempty"`
+	// Drop: the table was dropped; its rows are gone.
+	Drop bool `json:"drop,omitempty"`
+	// RenamedFrom / RenamedTo name the other side of a rename.
+	RenamedFrom string `json:"renamedFrom,omitempty"`
+	RenamedTo   string `json:"renamedTo,omitempty"`
+	// Cascade and RestartIdentity echo a PostgreSQL TRUNCATE's options.
+	Cascade         bool `json:"cascade,omitempty"`
+	RestartIdentity bool `json:"restartIdentity,omitempty"`
 }
 
 // NewSchemaChange builds a schema-change frame at scn.

@@ -265,33 +265,12 @@ func hasPrefixFold(s, p string) bool {
 	return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p)
 }
 
-// ddlChange is the payload of the schema-change events the adapter emits
-// for DDL statements: the event.SchemaChange of the version in force (so
-// that the relay's registry sees a known definition) plus what happened.
-// Readers that decode it as an event.SchemaChange ignore the extra fields.
-type ddlChange struct {
-	event.SchemaChange
-	// DDL is "alter", "rename", "truncate" or "drop".
-	DDL string `json:"ddl"`
-	// Truncate: every row of the source was deleted (TRUNCATE TABLE); the
-	// log carries no row events for it, so consumers must drop the rows
-	// they hold for this source.
-	Truncate bool `json:"truncate,omitempty"`
-	// Drop: the table was dropped (DROP TABLE or DROP DATABASE); its rows
-	// are gone.
-	Drop bool `json:"drop,omitempty"`
-	// RenamedTo / RenamedFrom name the other side of a rename.
-	RenamedTo   string `json:"renamedTo,omitempty"`
-	RenamedFrom string `json:"renamedFrom,omitempty"`
-}
-
-func schemaChange(t schema.Table) event.SchemaChange {
-	return event.SchemaChange{Source: t.ID, Name: t.Name, Version: t.Version, Key: t.Key, Avro: t.AvroSchema()}
-}
-
-func (c *capture) marker(t schema.Table, d ddlChange) error {
-	d.SchemaChange = schemaChange(t)
-	p, err := json.Marshal(d)
+// marker emits the schema-change frame of a DDL statement: the version in
+// force plus what happened (d's DDL fields).
+func (c *capture) marker(t schema.Table, d event.SchemaChange) error {
+	sc := schema.ChangeOf(t)
+	sc.DDL, sc.Truncate, sc.Drop, sc.RenamedFrom, sc.RenamedTo = d.DDL, d.Truncate, d.Drop, d.RenamedFrom, d.RenamedTo
+	p, err := json.Marshal(sc)
 	if err != nil {
 		return err
 	}
@@ -335,20 +314,20 @@ func (c *capture) ddlOn(op ddlOp) error {
 		return nil
 	case ddlAlter:
 		if captured && isKnown {
-			return c.marker(known, ddlChange{DDL: "alter"})
+			return c.marker(known, event.SchemaChange{DDL: "alter"})
 		}
 	case ddlTruncate:
 		if captured && isKnown {
-			return c.marker(known, ddlChange{DDL: "truncate", Truncate: true})
+			return c.marker(known, event.SchemaChange{DDL: "truncate", Truncate: true})
 		}
 	case ddlDrop:
 		if captured && isKnown {
-			return c.marker(known, ddlChange{DDL: "drop", Drop: true})
+			return c.marker(known, event.SchemaChange{DDL: "drop", Drop: true})
 		}
 	case ddlRename:
 		to := op.toDB + "." + op.to
 		if captured && isKnown {
-			if err := c.marker(known, ddlChange{DDL: "rename", RenamedTo: to}); err != nil {
+			if err := c.marker(known, event.SchemaChange{DDL: "rename", RenamedTo: to}); err != nil {
 				return err
 			}
 		}
@@ -372,7 +351,7 @@ func (c *capture) ddlOn(op ddlOp) error {
 			return err
 		}
 		c.cur[t.ID] = t.Version
-		return c.marker(t, ddlChange{DDL: "rename", RenamedFrom: from})
+		return c.marker(t, event.SchemaChange{DDL: "rename", RenamedFrom: from})
 	}
 	return nil
 }

@@ -264,7 +264,7 @@ type registry struct {
 
 type change struct {
 	scn uint64
-	ddlChange
+	event.SchemaChange
 }
 
 func newRegistry(t testing.TB, initial []schema.Table) *registry {
@@ -283,11 +283,11 @@ func (r *registry) observe(w *source.Window, e *event.Event) {
 	r.t.Helper()
 	switch e.Kind {
 	case event.KindSchemaChange:
-		var d ddlChange
+		var d event.SchemaChange
 		if err := json.Unmarshal(e.Payload, &d); err != nil {
 			r.t.Fatal(err)
 		}
-		r.changes = append(r.changes, change{scn: w.SCN, ddlChange: d})
+		r.changes = append(r.changes, change{scn: w.SCN, SchemaChange: d})
 		if _, ok := r.reg.Get(d.Source, d.Version); ok {
 			return
 		}

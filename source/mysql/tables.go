@@ -99,7 +99,7 @@ func (tc *tableCache) resolve(tm tableMap) (*tableVersion, error) {
 		if err != nil {
 			return nil, err
 		}
-		tv = &tableVersion{def: def, table: t, change: schemaChange(t)}
+		tv = &tableVersion{def: def, table: t, change: schema.ChangeOf(t)}
 		tc.byFP[string(b)] = tv
 	}
 	tc.lastTM, tc.lastTV = tm, tv

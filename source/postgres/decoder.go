@@ -607,28 +607,6 @@ func (d *decoder) full(tx *txn) bool {
 	return len(tx.events) > 0 && (d.chunkBytes > 0 && tx.pending() >= d.chunkBytes || d.chunkEvents > 0 && len(tx.events) >= d.chunkEvents)
 }
 
-// ddlChange is the payload of the schema-change events the adapter emits
-// for statements the log carries no rows for: the event.SchemaChange of
-// the version in force plus what happened. Readers that decode it as an
-// event.SchemaChange ignore the extra fields. The layout matches the MySQL
-// adapter's.
-type ddlChange struct {
-	event.SchemaChange
-	// DDL is "truncate".
-	DDL string `json:"ddl"`
-	// Truncate: every row of the source was deleted (TRUNCATE); the log
-	// carries no row events for it, so consumers must drop the rows they
-	// hold for this source.
-	Truncate bool `json:"truncate,omitempty"`
-	// Cascade and RestartIdentity echo the TRUNCATE's options.
-	Cascade         bool `json:"cascade,omitempty"`
-	RestartIdentity bool `json:"restartIdentity,omitempty"`
-}
-
-func schemaChange(t schema.Table) event.SchemaChange {
-	return event.SchemaChange{Source: t.ID, Name: t.Name, Version: t.Version, Key: t.Key, Avro: t.AvroSchema()}
-}
-
 func (d *decoder) truncate(xid uint32, m *pglogrepl.TruncateMessage, emit func(*source.Window) error) error {
 	tx, err := d.current()
 	if err != nil || tx.skip {
@@ -645,13 +623,11 @@ func (d *decoder) truncate(xid uint32, m *pglogrepl.TruncateMessage, emit func(*
 		if !r.captured {
 			continue
 		}
-		p, err := json.Marshal(ddlChange{
-			SchemaChange:    schemaChange(r.table),
-			DDL:             "truncate",
-			Truncate:        true,
-			Cascade:         m.Option&pglogrepl.TruncateOptionCascade != 0,
-			RestartIdentity: m.Option&pglogrepl.TruncateOptionRestartIdentity != 0,
-		})
+		sc := schema.ChangeOf(r.table)
+		sc.DDL, sc.Truncate = "truncate", true
+		sc.Cascade = m.Option&pglogrepl.TruncateOptionCascade != 0
+		sc.RestartIdentity = m.Option&pglogrepl.TruncateOptionRestartIdentity != 0
+		p, err := json.Marshal(sc)
 		if err != nil {
 			return err
 		}
@@ -829,7 +805,7 @@ func (a *announcer) announce(events []event.Event) ([]event.Event, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: version %d of source %d is not in the history", errStore, e.SchemaVersion, e.Source)
 		}
-		sc, err := event.NewSchemaChange(0, 0, schemaChange(t))
+		sc, err := event.NewSchemaChange(0, 0, schema.ChangeOf(t))
 		if err != nil {
 			return nil, err
 		}

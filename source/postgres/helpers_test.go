@@ -362,13 +362,13 @@ type registry struct {
 	codecs  map[[2]uint32]*schema.Codec
 	tables  map[[2]uint32]event.SchemaChange
 	names   map[uint32]string
-	changes []ddlChange // in stream order
+	changes []event.SchemaChange // in stream order
 }
 
 func newRegistry(t testing.TB, initial []schema.Table) *registry {
 	r := &registry{t: t, codecs: map[[2]uint32]*schema.Codec{}, tables: map[[2]uint32]event.SchemaChange{}, names: map[uint32]string{}}
 	for _, tb := range initial {
-		r.add(schemaChange(tb))
+		r.add(schema.ChangeOf(tb))
 	}
 	return r
 }
@@ -393,7 +393,7 @@ func (r *registry) observe(w *source.Window, e *event.Event) {
 	r.t.Helper()
 	switch e.Kind {
 	case event.KindSchemaChange:
-		var d ddlChange
+		var d event.SchemaChange
 		if err := json.Unmarshal(e.Payload, &d); err != nil {
 			r.t.Fatal(err)
 		}
@@ -401,7 +401,7 @@ func (r *registry) observe(w *source.Window, e *event.Event) {
 			r.t.Fatalf("window %d: schema change frame %d/%d with payload %d/%d", w.SCN, e.Source, e.SchemaVersion, d.Source, d.Version)
 		}
 		r.changes = append(r.changes, d)
-		r.add(d.SchemaChange)
+		r.add(d)
 	case event.KindData:
 		if _, ok := r.codecs[[2]uint32{e.Source, uint32(e.SchemaVersion)}]; !ok {
 			r.t.Fatalf("window %d: data event of source %d version %d before its schema", w.SCN, e.Source, e.SchemaVersion)
@@ -489,7 +489,7 @@ func materialise(t testing.TB, reg *registry, ws []*source.Window) map[string]ma
 			e := &w.Events[i]
 			reg.observe(w, e)
 			if e.Kind == event.KindSchemaChange {
-				var d ddlChange
+				var d event.SchemaChange
 				_ = json.Unmarshal(e.Payload, &d)
 				if d.Truncate {
 					out[d.Name] = map[string]map[string]any{}

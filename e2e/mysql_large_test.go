@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -208,34 +207,31 @@ type largeRelay struct {
 }
 
 func startLargeRelay(t *testing.T, srv *dbtest.MariaDBServer) *largeRelay {
-	t.Helper()
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`relay:
-  listen: %s
-  stateDir: %s
-  buffer:
-    maxBytes: %d
-source:
-  mysql:
+	return startSubprocessRelay(t, largeBuffer, fmt.Sprintf(`  mysql:
     host: %s
     port: %d
     user: root
     serverId: 4242
     include: [big.*]
-`, addr, filepath.Join(dir, "state"), largeBuffer, srv.Host, srv.Port)
+`, srv.Host, srv.Port))
+}
+
+// startSubprocessRelay runs `databus relay` with a buffer of maxBytes over
+// the source section sourceYAML (indented under "source:"), as a
+// subprocess whose memory is measured alone, and waits until it is healthy.
+func startSubprocessRelay(tb testing.TB, maxBytes int64, sourceYAML string) *largeRelay {
+	tb.Helper()
+	dir := tb.TempDir()
+	addr := freeAddr(tb)
+	cfg := fmt.Sprintf("relay:\n  listen: %s\n  stateDir: %s\n  buffer:\n    maxBytes: %d\nsource:\n%s",
+		addr, filepath.Join(dir, "state"), maxBytes, sourceYAML)
 	cfgPath, logPath := filepath.Join(dir, "relay.yaml"), filepath.Join(dir, "relay.log")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	logf, err := os.Create(logPath)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer logf.Close()
 	cmd := exec.Command(databusBin, "relay", "--config", cfgPath, "--log-level", "warn")
@@ -248,35 +244,46 @@ source:
 		}
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	rp := &largeRelay{addr: addr, cmd: cmd}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
-		if t.Failed() {
+		if tb.Failed() {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("relay log:\n%s", b)
+			tb.Logf("relay log:\n%s", b)
 		}
 	})
-	waitLarge(t, 30*time.Second, "the relay to become healthy", func() bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
 		resp, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			return false
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return rp
+			}
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return rp
+		if time.Now().After(deadline) {
+			tb.Fatalf("the relay did not become healthy: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // status returns a memory figure of the relay process, in bytes, from
 // /proc/<pid>/status (VmHWM: peak resident set; VmRSS: resident now).
-func (p *largeRelay) status(t *testing.T, field string) int64 {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+func (p *largeRelay) status(tb testing.TB, field string) int64 {
+	return procStatus(tb, p.cmd.Process.Pid, field)
+}
+
+// procStatus returns a memory figure of process pid, in bytes, from
+// /proc/<pid>/status (VmHWM: peak resident set; VmRSS: resident now).
+func procStatus(tb testing.TB, pid int, field string) int64 {
+	tb.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -287,11 +294,11 @@ func (p *largeRelay) status(t *testing.T, field string) int64 {
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 		if err != nil {
-			t.Fatalf("%s: %q", field, rest)
+			tb.Fatalf("%s: %q", field, rest)
 		}
 		return kb << 10
 	}
-	t.Fatalf("no %s in /proc/%d/status", field, p.cmd.Process.Pid)
+	tb.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }
 
@@ -304,16 +311,16 @@ type largeBufferInfo struct {
 	SpillBytes   int64  `json:"spillBytes"`
 }
 
-func largeRelayBuffer(t *testing.T, base string) largeBufferInfo {
-	t.Helper()
+func largeRelayBuffer(tb testing.TB, base string) largeBufferInfo {
+	tb.Helper()
 	resp, err := http.Get(base + "/v1/buffer")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var in largeBufferInfo
 	if err := json.NewDecoder(resp.Body).Decode(&in); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return in
 }

@@ -4,14 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -156,64 +150,11 @@ func TestPostgresLargeTransaction(t *testing.T) {
 // startPgLargeRelay starts `databus relay` over database dbName of srv, as
 // a subprocess, and waits until it is healthy.
 func startPgLargeRelay(t *testing.T, srv *dbtest.PostgresServer, dbName string) *largeRelay {
-	t.Helper()
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`relay:
-  listen: %s
-  stateDir: %s
-  buffer:
-    maxBytes: %d
-source:
-  postgres:
+	return startSubprocessRelay(t, largeBuffer, fmt.Sprintf(`  postgres:
     connString: %s
     tables: [big.t, big.fill]
     slot: %s
-`, addr, filepath.Join(dir, "state"), largeBuffer, srv.ConnString(dbName), pgLargeSlot)
-	cfgPath, logPath := filepath.Join(dir, "relay.yaml"), filepath.Join(dir, "relay.log")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(databusBin, "relay", "--config", cfgPath, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	// The relay sets its own soft memory limit unless GOMEMLIMIT is set.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GOMEMLIMIT=") && !strings.HasPrefix(kv, "GOGC=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	rp := &largeRelay{addr: addr, cmd: cmd}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("relay log:\n%s", b)
-		}
-	})
-	waitLarge(t, 30*time.Second, "the relay to become healthy", func() bool {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return rp
+`, srv.ConnString(dbName), pgLargeSlot))
 }
 
 // pgLargeLSN is the server's current WAL position: every window committed

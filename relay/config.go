@@ -4,13 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go.yaml.in/yaml/v3"
-	"log/slog"
 	"math"
 	"net"
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/databus-go/databus/secret"
 )
 
 // Config is the relay's server configuration, as the CLI reads it from the
@@ -135,37 +137,7 @@ func (c Config) Validate() error {
 }
 
 // Secret is a string that never shows in logs or formatted output.
-type Secret string
-
-const redacted = "[redacted]"
-
-// String returns a placeholder, so that printing a Config never leaks it.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return redacted
-}
-
-// GoString is String for %#v.
-func (s Secret) GoString() string { return strconv.Quote(s.String()) }
-
-// LogValue keeps the secret out of slog output.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalJSON writes the placeholder, so that a dumped configuration does
-// not leak the secret.
-func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-// UnmarshalJSON reads the secret from a JSON string.
-func (s *Secret) UnmarshalJSON(b []byte) error {
-	var v string
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	*s = Secret(v)
-	return nil
-}
+type Secret = secret.String
 
 // ByteSize is a number of bytes that YAML and JSON may spell as a plain
 // integer (1048576) or with a unit: B, KiB, MiB, GiB, TiB (powers of 1024)

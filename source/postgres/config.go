@@ -1,15 +1,14 @@
 package postgres
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/databus-go/databus/secret"
 )
 
 // Defaults applied to the zero fields of Config.
@@ -218,34 +217,4 @@ func (c *Config) createPublication() bool { return c.CreatePublication == nil ||
 func (c *Config) createSlot() bool        { return c.CreateSlot == nil || *c.CreateSlot }
 
 // Secret is a string that never shows in logs or formatted output.
-type Secret string
-
-// String returns a placeholder, never the secret.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "[redacted]"
-}
-
-// GoString returns a placeholder, never the secret.
-func (s Secret) GoString() string { return strconv.Quote(s.String()) }
-
-// LogValue keeps the secret out of slog output.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalJSON writes the placeholder, never the secret.
-func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-// MarshalYAML writes the placeholder, never the secret.
-func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
-
-// UnmarshalJSON reads the secret from a JSON string.
-func (s *Secret) UnmarshalJSON(b []byte) error {
-	var v string
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	*s = Secret(v)
-	return nil
-}
+type Secret = secret.String

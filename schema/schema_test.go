@@ -95,3 +95,17 @@ func TestCodecLargeValues(t *testing.T) {
 		t.Errorf("decoded %d bytes", len(got))
 	}
 }
+
+func TestAppendPrimitives(t *testing.T) {
+	c, err := NewCodec([]byte(`{"type":"record","name":"r","fields":[{"name":"l","type":"long"},{"name":"s","type":"string"},{"name":"b","type":"bytes"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []int64{0, -1, 1, -1 << 63, 1<<63 - 1} {
+		b := AppendBytes(AppendBytes(AppendLong(nil, l), "é🚀"), []byte{0, 1})
+		row, err := c.Decode(b)
+		if err != nil || row["l"] != l || row["s"] != "é🚀" || string(row["b"].([]byte)) != "\x00\x01" {
+			t.Errorf("long %d: decoded %v, %v", l, row, err)
+		}
+	}
+}

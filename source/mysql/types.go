@@ -479,21 +479,6 @@ func parseLabels(columnType string) ([]string, error) {
 
 // ---- values ----
 
-// appendLong appends an Avro int or long: zig-zag, then a varint.
-func appendLong(dst []byte, v int64) []byte {
-	return binary.AppendUvarint(dst, uint64(v<<1)^uint64(v>>63))
-}
-
-func appendAvroBytes(dst []byte, b []byte) []byte {
-	dst = appendLong(dst, int64(len(b)))
-	return append(dst, b...)
-}
-
-func appendAvroString(dst []byte, s string) []byte {
-	dst = appendLong(dst, int64(len(s)))
-	return append(dst, s...)
-}
-
 // appendLenPrefixed appends a length-prefixed value that fn writes, for
 // values whose length is only known once converted (latin1 text).
 func appendLenPrefixed(dst []byte, fn func([]byte) []byte) []byte {
@@ -501,7 +486,7 @@ func appendLenPrefixed(dst []byte, fn func([]byte) []byte) []byte {
 	dst = fn(dst)
 	n := len(dst) - start
 	var pre [binary.MaxVarintLen64]byte
-	p := appendLong(pre[:0], int64(n))
+	p := schema.AppendLong(pre[:0], int64(n))
 	dst = append(dst, p...)                      // grow by the prefix length
 	copy(dst[start+len(p):], dst[start:start+n]) // shift the value right
 	copy(dst[start:], p)
@@ -586,19 +571,19 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 			}
 			var b [9]byte
 			binary.BigEndian.PutUint64(b[1:], u)
-			return appendAvroBytes(dst, trimTwos(b[:])), nil
+			return schema.AppendBytes(dst, trimTwos(b[:])), nil
 		}
 		i, ok := toInt64(v)
 		if !ok {
 			return nil, badValue(c, v)
 		}
-		return appendLong(dst, i), nil
+		return schema.AppendLong(dst, i), nil
 	case kYear:
 		i, ok := toInt64(v)
 		if !ok {
 			return nil, badValue(c, v)
 		}
-		return appendLong(dst, i), nil
+		return schema.AppendLong(dst, i), nil
 	case kDecimal:
 		s, ok := v.(string)
 		if !ok {
@@ -628,7 +613,7 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 		}
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], uint64(i))
-		return appendAvroBytes(dst, b[8-(c.size+7)/8:]), nil
+		return schema.AppendBytes(dst, b[8-(c.size+7)/8:]), nil
 	case kDate, kDatetime, kTimestamp:
 		s, ok := v.(string)
 		if !ok {
@@ -643,7 +628,7 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 		if !ok {
 			return append(dst[:mark], 0), nil // zero or partial date: null
 		}
-		return appendLong(dst, n), nil
+		return schema.AppendLong(dst, n), nil
 	case kTime:
 		s, ok := v.(string)
 		if !ok {
@@ -653,7 +638,7 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: column %s: bad TIME %q", ErrDecode, c.name, s)
 		}
-		return appendLong(dst, n), nil
+		return schema.AppendLong(dst, n), nil
 	case kString:
 		b, ok := rawBytes(v)
 		if !ok {
@@ -666,7 +651,7 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 			if c.str == strChar && c.cs.name == "binary" && len(b) < c.size {
 				// The binlog drops BINARY(n)'s trailing zero bytes; the
 				// column value has them.
-				dst = appendLong(dst, int64(c.size))
+				dst = schema.AppendLong(dst, int64(c.size))
 				dst = append(dst, b...)
 				for i := len(b); i < c.size; i++ {
 					dst = append(dst, 0)
@@ -674,25 +659,25 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 				return dst, nil
 			}
 		}
-		return appendAvroBytes(dst, b), nil
+		return schema.AppendBytes(dst, b), nil
 	case kJSON:
 		b, ok := rawBytes(v)
 		if !ok {
 			return nil, badValue(c, v)
 		}
-		return appendAvroBytes(dst, b), nil
+		return schema.AppendBytes(dst, b), nil
 	case kGeometry:
 		b, ok := rawBytes(v)
 		if !ok {
 			return nil, badValue(c, v)
 		}
-		return appendAvroBytes(dst, b), nil
+		return schema.AppendBytes(dst, b), nil
 	case kEnum:
 		i, ok := toInt64(v)
 		if !ok {
 			return nil, badValue(c, v)
 		}
-		return appendAvroString(dst, c.enumLabel(i)), nil
+		return schema.AppendBytes(dst, c.enumLabel(i)), nil
 	case kSet:
 		u, ok := toUint64(v)
 		if !ok {
@@ -701,10 +686,10 @@ func (c *colDef) appendValue(dst []byte, v any) ([]byte, error) {
 		if u == 0 {
 			return append(dst, 0), nil
 		}
-		dst = appendLong(dst, int64(popcount(u, len(c.values))))
+		dst = schema.AppendLong(dst, int64(popcount(u, len(c.values))))
 		for i, l := range c.values {
 			if u&(1<<uint(i)) != 0 {
-				dst = appendAvroString(dst, l)
+				dst = schema.AppendBytes(dst, l)
 			}
 		}
 		return append(dst, 0), nil
@@ -857,7 +842,7 @@ func appendDecimal(dst []byte, s string, scale int) ([]byte, error) {
 		}
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], uint64(n))
-		return appendAvroBytes(dst, trimTwos(b[:])), nil
+		return schema.AppendBytes(dst, trimTwos(b[:])), nil
 	}
 	all := intPart + frac + strings.Repeat("0", scale-len(frac))
 	for i := 0; i < len(all); i++ {
@@ -872,7 +857,7 @@ func appendDecimal(dst []byte, s string, scale int) ([]byte, error) {
 		if len(b) == 0 || b[0]&0x80 != 0 {
 			b = append([]byte{0}, b...)
 		}
-		return appendAvroBytes(dst, b), nil
+		return schema.AppendBytes(dst, b), nil
 	}
 	// -n in two's complement: invert the bits of n-1.
 	n.Sub(&n, big.NewInt(1))
@@ -883,7 +868,7 @@ func appendDecimal(dst []byte, s string, scale int) ([]byte, error) {
 	if len(b) == 0 || b[0]&0x80 == 0 {
 		b = append([]byte{0xFF}, b...)
 	}
-	return appendAvroBytes(dst, b), nil
+	return schema.AppendBytes(dst, b), nil
 }
 
 // ---- temporal text ----

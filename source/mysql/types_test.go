@@ -298,9 +298,9 @@ func TestLargeBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	ws := collect(t, s, db, from)
-	want := appendLong(nil, 7)
+	want := schema.AppendLong(nil, 7)
 	want = append(want, 2) // union branch 1: bytes
-	want = appendAvroBytes(want, blob)
+	want = schema.AppendBytes(want, blob)
 	n := 0
 	for _, w := range ws {
 		for _, e := range w.Events {

@@ -438,9 +438,9 @@ func (d *decoder) image(r *relation, tup, fill *pglogrepl.TupleData) ([]byte, er
 		}
 	}
 	if len(unchanged) > 0 {
-		b = appendLong(b, int64(len(unchanged)))
+		b = schema.AppendLong(b, int64(len(unchanged)))
 		for _, i := range unchanged {
-			b = appendAvroString(b, []byte(r.fields[i]))
+			b = schema.AppendBytes(b, []byte(r.fields[i]))
 		}
 	}
 	b = append(b, 0)

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/schema"
 )
 
 // kind is how a column's text value (pgoutput's text format) becomes Avro.
@@ -155,20 +156,6 @@ func builtinType(oid uint32) (colType, bool) {
 
 // ---- Avro binary ----
 
-func appendLong(dst []byte, v int64) []byte {
-	return binary.AppendUvarint(dst, uint64(v<<1)^uint64(v>>63))
-}
-
-func appendAvroBytes(dst []byte, b []byte) []byte {
-	dst = appendLong(dst, int64(len(b)))
-	return append(dst, b...)
-}
-
-func appendAvroString(dst []byte, s []byte) []byte {
-	dst = appendLong(dst, int64(len(s)))
-	return append(dst, s...)
-}
-
 // Union branch indexes of a nullable value, as Avro longs.
 const (
 	unionNull  = 0x00 // branch 0: null
@@ -205,13 +192,13 @@ func appendValue(dst []byte, t colType, s []byte) ([]byte, error) {
 func appendScalar(dst []byte, k kind, s []byte) ([]byte, error) {
 	switch k {
 	case kString, kUUID:
-		return appendAvroString(dst, s), nil
+		return schema.AppendBytes(dst, s), nil
 	case kInt, kLong:
 		n, ok := parseInt(s)
 		if !ok || (k == kInt && (n < math.MinInt32 || n > math.MaxInt32)) {
 			return nil, badText(k, s)
 		}
-		return appendLong(dst, n), nil
+		return schema.AppendLong(dst, n), nil
 	case kFloat:
 		f, err := strconv.ParseFloat(string(s), 32)
 		if err != nil {
@@ -237,25 +224,25 @@ func appendScalar(dst []byte, k kind, s []byte) ([]byte, error) {
 		if !ok {
 			return nil, badText(k, s)
 		}
-		return appendAvroBytes(dst, b), nil
+		return schema.AppendBytes(dst, b), nil
 	case kDate:
 		d, ok := parseDate(s)
 		if !ok {
 			return nil, badText(k, s)
 		}
-		return appendLong(dst, d), nil
+		return schema.AppendLong(dst, d), nil
 	case kTime:
 		us, ok := parseTime(s)
 		if !ok {
 			return nil, badText(k, s)
 		}
-		return appendLong(dst, us), nil
+		return schema.AppendLong(dst, us), nil
 	case kTimestamp, kTimestamptz:
 		us, ok := parseTimestamp(s, k == kTimestamptz)
 		if !ok {
 			return nil, badText(k, s)
 		}
-		return appendLong(dst, us), nil
+		return schema.AppendLong(dst, us), nil
 	}
 	return nil, fmt.Errorf("%w: kind %d", errValue, k)
 }
@@ -290,7 +277,7 @@ func appendArray(dst []byte, k kind, s []byte) ([]byte, error) {
 	if n == 0 {
 		return append(dst[:start], 0), nil
 	}
-	pre := appendLong(nil, int64(n))
+	pre := schema.AppendLong(nil, int64(n))
 	moved := copy(dst[start+len(pre):], dst[body:])
 	copy(dst[start:], pre)
 	dst = dst[:start+len(pre)+moved]

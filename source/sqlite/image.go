@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/databus-go/databus/event"
+	"github.com/databus-go/databus/schema"
 )
 
 // value is one column value of a row image, by SQLite storage class.
@@ -284,11 +285,6 @@ func convert(v value, k kind) (value, bool) {
 	return v, false
 }
 
-// appendAvroLong appends v as an Avro long (zig-zag varint).
-func appendAvroLong(dst []byte, v int64) []byte {
-	return binary.AppendUvarint(dst, uint64(v<<1)^uint64(v>>63))
-}
-
 // appendAvro appends a converted value in the Avro binary encoding of its
 // column: for a nullable column the union ["null", T] (branch 0 or 1).
 func appendAvro(dst []byte, v value, k kind, nullable bool) []byte {
@@ -300,13 +296,13 @@ func appendAvro(dst []byte, v value, k kind, nullable bool) []byte {
 	}
 	switch k {
 	case kLong:
-		return appendAvroLong(dst, v.i)
+		return schema.AppendLong(dst, v.i)
 	case kBool:
 		return append(dst, byte(v.i))
 	case kDouble:
 		return binary.LittleEndian.AppendUint64(dst, math.Float64bits(v.f))
 	default: // kString, kBytes
-		return append(appendAvroLong(dst, int64(len(v.b))), v.b...)
+		return append(schema.AppendLong(dst, int64(len(v.b))), v.b...)
 	}
 }
 

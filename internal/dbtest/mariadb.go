@@ -56,10 +56,7 @@ type MariaDBServer struct {
 
 	bin       string
 	extraArgs []string
-	shared    bool // a SharedMariaDB server: tests must not stop it
-
-	mu   sync.Mutex // guards proc
-	proc *process   // the running server; nil while stopped
+	lifecycle
 }
 
 // mariadbBinaries returns the server and install-db paths, or a skip reason.
@@ -100,7 +97,7 @@ func MariaDB(tb testing.TB, opts ...MariaDBOption) *MariaDBServer {
 		if tb.Failed() {
 			tb.Logf("dbtest: MariaDB error log %s (tail):\n%s", s.ErrorLog, tail(s.ErrorLog, 40))
 		}
-		if err := s.close(); err != nil {
+		if err := s.close(s.Dir); err != nil {
 			tb.Error(err)
 		}
 	})
@@ -137,7 +134,7 @@ func SharedMariaDB(tb testing.TB) *MariaDBServer {
 		s.shared = true
 		sharedMariaDB.s = s
 		sharedMu.Lock()
-		sharedStops = append(sharedStops, func() { _ = s.close() })
+		sharedStops = append(sharedStops, func() { _ = s.close(s.Dir) })
 		sharedMu.Unlock()
 	})
 	if sharedMariaDB.err != nil {
@@ -201,6 +198,8 @@ func startMariaDB(server, installDB string, cfg mariadbConfig) (*MariaDBServer, 
 		bin:       server,
 		extraArgs: cfg.extraArgs,
 	}
+	s.lifecycle = lifecycle{kind: "MariaDB", ctor: "dbtest.MariaDB(t)", start: s.start,
+		stop: func(p *process) error { return p.stop(syscall.SIGTERM, true) }}
 	if err := copyDir(tpl, dir+"/data"); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -305,79 +304,6 @@ func (s *MariaDBServer) waitReady(p *process) error {
 		}
 		time.Sleep(pollInterval)
 	}
-}
-
-// close stops the server if it runs and removes its directory.
-func (s *MariaDBServer) close() error {
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	var err error
-	if p != nil {
-		err = p.stop(syscall.SIGTERM, true)
-	}
-	if rmErr := os.RemoveAll(s.Dir); rmErr != nil && err == nil {
-		err = fmt.Errorf("dbtest: %w", rmErr)
-	}
-	return err
-}
-
-func (s *MariaDBServer) mustNotBeShared(tb testing.TB, op string) {
-	tb.Helper()
-	if s.shared {
-		tb.Fatalf("dbtest: %s on the shared MariaDB server would disturb other tests; use dbtest.MariaDB(t)", op)
-	}
-}
-
-// Stop shuts the server down cleanly (SIGTERM, then SIGKILL after 20 s,
-// which fails the test). The data directory and the port are kept for
-// Start. Stopping a stopped server does nothing.
-func (s *MariaDBServer) Stop(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Stop")
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if p == nil {
-		return
-	}
-	if err := p.stop(syscall.SIGTERM, true); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// Kill sends SIGKILL to the server, like a crash, and waits until it is gone.
-// Start then runs crash recovery on the same data directory. Killing a
-// stopped server does nothing.
-func (s *MariaDBServer) Kill(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Kill")
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if p != nil {
-		p.kill()
-	}
-}
-
-// Start starts a stopped or killed server again with the same data
-// directory, port and options, and waits until it is ready.
-func (s *MariaDBServer) Start(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Start")
-	if _, err := s.start(); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// Restart is Stop then Start.
-func (s *MariaDBServer) Restart(tb testing.TB) {
-	tb.Helper()
-	s.Stop(tb)
-	s.Start(tb)
 }
 
 // config is the driver configuration for user on database db ("" for none).

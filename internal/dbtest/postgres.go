@@ -100,10 +100,7 @@ type PostgresServer struct {
 	bin      string
 	settings []string // merged: one name=value per name
 	cred     *syscall.Credential
-	shared   bool // a SharedPostgres server: tests must not stop it
-
-	mu   sync.Mutex // guards proc
-	proc *process   // the running server; nil while stopped
+	lifecycle
 }
 
 // postgresBinaries returns the initdb and postgres paths and the credential
@@ -168,7 +165,7 @@ func Postgres(tb testing.TB, opts ...PostgresOption) *PostgresServer {
 		if tb.Failed() {
 			tb.Logf("dbtest: PostgreSQL log %s (tail):\n%s", s.Log, tail(s.Log, 40))
 		}
-		if err := s.close(); err != nil {
+		if err := s.close(s.Dir); err != nil {
 			tb.Error(err)
 		}
 	})
@@ -204,7 +201,7 @@ func SharedPostgres(tb testing.TB) *PostgresServer {
 		s.shared = true
 		sharedPostgres.s = s
 		sharedMu.Lock()
-		sharedStops = append(sharedStops, func() { _ = s.close() })
+		sharedStops = append(sharedStops, func() { _ = s.close(s.Dir) })
 		sharedMu.Unlock()
 	})
 	if sharedPostgres.err != nil {
@@ -299,6 +296,7 @@ func startPostgres(initdb, server string, cred *syscall.Credential, cfg postgres
 		settings: settings,
 		cred:     cred,
 	}
+	s.lifecycle = lifecycle{kind: "PostgreSQL", ctor: "dbtest.Postgres(t)", start: s.start, stop: stopPostgresProcess}
 	if err := chownDir(dir, cred); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -395,80 +393,6 @@ func (s *PostgresServer) waitReady(p *process) error {
 // "fast" shutdown. (SIGTERM is a "smart" shutdown that waits for clients, and
 // signalling the whole group would hit the auxiliary processes directly.)
 func stopPostgresProcess(p *process) error { return p.stop(syscall.SIGINT, false) }
-
-// close stops the server if it runs and removes its directory.
-func (s *PostgresServer) close() error {
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	var err error
-	if p != nil {
-		err = stopPostgresProcess(p)
-	}
-	if rmErr := os.RemoveAll(s.Dir); rmErr != nil && err == nil {
-		err = fmt.Errorf("dbtest: %w", rmErr)
-	}
-	return err
-}
-
-func (s *PostgresServer) mustNotBeShared(tb testing.TB, op string) {
-	tb.Helper()
-	if s.shared {
-		tb.Fatalf("dbtest: %s on the shared PostgreSQL server would disturb other tests; use dbtest.Postgres(t)", op)
-	}
-}
-
-// Stop shuts the server down (fast shutdown: sessions are ended, a
-// checkpoint is written; SIGKILL after 20 s, which fails the test). The data
-// directory and the port are kept for Start. Stopping a stopped server does
-// nothing.
-func (s *PostgresServer) Stop(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Stop")
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if p == nil {
-		return
-	}
-	if err := stopPostgresProcess(p); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// Kill sends SIGKILL to the server and all its processes, like a crash, and
-// waits until they are gone. Start then runs crash recovery. Killing a
-// stopped server does nothing.
-func (s *PostgresServer) Kill(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Kill")
-	s.mu.Lock()
-	p := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if p != nil {
-		p.kill()
-	}
-}
-
-// Start starts a stopped or killed server again with the same data
-// directory, port and settings, and waits until it is ready.
-func (s *PostgresServer) Start(tb testing.TB) {
-	tb.Helper()
-	s.mustNotBeShared(tb, "Start")
-	if _, err := s.start(); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// Restart is Stop then Start.
-func (s *PostgresServer) Restart(tb testing.TB) {
-	tb.Helper()
-	s.Stop(tb)
-	s.Start(tb)
-}
 
 // ConnString is a connection URL for the superuser postgres (no password)
 // on database db ("" means postgres): postgres://postgres@127.0.0.1:port/db?sslmode=disable.

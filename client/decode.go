@@ -120,13 +120,12 @@ func (d *windowDecoder) decodeWindow(b []byte, refreshed bool) (*Window, int, er
 		off += n
 		switch f.Kind {
 		case event.KindSchemaChange:
-			t, err := d.applyChange(&f, refreshed)
+			ch, err := d.applyChange(&f, refreshed)
 			if err != nil {
 				return nil, 0, err
 			}
-			sc, _ := f.SchemaChange() // applyChange has decoded it once already
-			w.Changes = append(w.Changes, Change{At: len(w.Events), Table: t, DDL: sc.DDL, Truncate: sc.Truncate,
-				Drop: sc.Drop, RenamedFrom: sc.RenamedFrom, RenamedTo: sc.RenamedTo})
+			ch.At = len(w.Events)
+			w.Changes = append(w.Changes, ch)
 		case event.KindData:
 			entry, ok := d.lookup(f.Source, f.SchemaVersion)
 			if !ok && refreshed {
@@ -171,13 +170,24 @@ func (d *windowDecoder) lookup(id uint32, version uint16) (*schema.Entry, bool) 
 	return e, ok
 }
 
-// applyChange registers the schema version a schema-change frame announces,
-// if the registry does not hold it yet, and returns it.
-func (d *windowDecoder) applyChange(e *event.Event, refreshed bool) (schema.Table, error) {
+// applyChange decodes a schema-change frame once: it registers the version
+// it announces, if the registry does not hold it yet, and returns it with
+// the frame's DDL signal as a Change (At unset).
+func (d *windowDecoder) applyChange(e *event.Event, refreshed bool) (Change, error) {
 	sc, err := e.SchemaChange()
 	if err != nil {
-		return schema.Table{}, fmt.Errorf("%w: %v", ErrProtocol, err)
+		return Change{}, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
+	t, err := d.changeTable(e, sc, refreshed)
+	if err != nil {
+		return Change{}, err
+	}
+	return Change{Table: t, DDL: sc.DDL, Truncate: sc.Truncate, Drop: sc.Drop, RenamedFrom: sc.RenamedFrom, RenamedTo: sc.RenamedTo}, nil
+}
+
+// changeTable returns the table version a schema-change frame announces,
+// registering it when the relay did not list it.
+func (d *windowDecoder) changeTable(e *event.Event, sc event.SchemaChange, refreshed bool) (schema.Table, error) {
 	if sc.Source != e.Source || sc.Version != e.SchemaVersion {
 		return schema.Table{}, fmt.Errorf("%w: schema-change frame for source %d version %d carries source %d version %d",
 			ErrProtocol, e.Source, e.SchemaVersion, sc.Source, sc.Version)

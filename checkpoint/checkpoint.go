@@ -49,11 +49,21 @@ type Checkpoint struct {
 	Bootstrap *Bootstrap `json:"bootstrap,omitempty"`
 }
 
-// Bootstrap is the progress of a bootstrap, reserved for the bootstrap
-// service. After is an opaque resume token of the snapshot phase.
+// Bootstrap is the progress of a bootstrap (see the bootstrap service).
+//
+// In mode bootstrap_snapshot, StartSCN is the SCN the snapshot is taken at,
+// After the bootstrap server's opaque token of the last row delivered (""
+// before the first page) and Rows the rows delivered so far; TargetSCN
+// equals StartSCN until the snapshot ends. In mode bootstrap_catchup, the
+// checkpoint's SCN is the last log window delivered and TargetSCN the window
+// after which the consumer returns to the relay. Store is the identity of
+// the bootstrap store the progress belongs to: a server refuses a
+// checkpoint of another store. A snapshot checkpoint with an empty Store
+// asks for a new bootstrap (see FullHistory).
 type Bootstrap struct {
 	StartSCN  uint64 `json:"startScn"`
 	TargetSCN uint64 `json:"targetScn"`
+	Store     string `json:"store,omitempty"`
 	Source    string `json:"source,omitempty"`
 	After     string `json:"after,omitempty"`
 	Rows      uint64 `json:"rows,omitempty"`
@@ -64,6 +74,21 @@ func Start() Checkpoint { return Checkpoint{V: Version, Mode: Online} }
 
 // At returns the online checkpoint after window scn.
 func At(scn uint64) Checkpoint { return Checkpoint{V: Version, Mode: Online, SCN: scn} }
+
+// FullHistory returns the checkpoint of a consumer that wants the whole
+// history: a bootstrap snapshot not started yet. A client with a bootstrap
+// server starts from it with a consistent snapshot, then catches up and goes
+// online.
+func FullHistory() Checkpoint {
+	return Checkpoint{V: Version, Mode: BootstrapSnapshot, Bootstrap: &Bootstrap{}}
+}
+
+// IsNewBootstrap reports whether c asks for a bootstrap that has not started
+// (FullHistory): no store chosen and no progress.
+func (c Checkpoint) IsNewBootstrap() bool {
+	b := c.Bootstrap
+	return c.Mode == BootstrapSnapshot && b != nil && b.Store == "" && b.After == "" && b.Rows == 0 && b.StartSCN == 0
+}
 
 // ErrInvalid is wrapped by every error Parse and Validate return.
 var ErrInvalid = errors.New("databus: invalid checkpoint")
@@ -109,8 +134,17 @@ func (c Checkpoint) Validate() error {
 		if b.TargetSCN < b.StartSCN {
 			return fmt.Errorf("%w: bootstrap.targetScn %d is before bootstrap.startScn %d", ErrInvalid, b.TargetSCN, b.StartSCN)
 		}
+		if c.Mode == BootstrapSnapshot && b.TargetSCN != b.StartSCN {
+			return fmt.Errorf("%w: bootstrap.targetScn %d differs from bootstrap.startScn %d during a snapshot", ErrInvalid, b.TargetSCN, b.StartSCN)
+		}
+		if c.Mode == BootstrapSnapshot && b.Store == "" && (b.After != "" || b.Rows != 0 || b.StartSCN != 0) {
+			return fmt.Errorf("%w: bootstrap.store is missing from a snapshot in progress", ErrInvalid)
+		}
 		if c.Mode == BootstrapCatchup && (c.SCN < b.StartSCN || c.SCN > b.TargetSCN) {
 			return fmt.Errorf("%w: scn %d is outside the catch-up range [%d, %d]", ErrInvalid, c.SCN, b.StartSCN, b.TargetSCN)
+		}
+		if c.Mode == BootstrapCatchup && b.Store == "" {
+			return fmt.Errorf("%w: bootstrap.store is missing in mode %q", ErrInvalid, c.Mode)
 		}
 	case "":
 		return fmt.Errorf("%w: field \"mode\" is missing", ErrInvalid)

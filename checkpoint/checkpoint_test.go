@@ -10,8 +10,9 @@ func TestParse(t *testing.T) {
 	good := []string{
 		`{"v":1,"mode":"online","scn":0}`,
 		`{"v":1,"mode":"online","scn":18446744073709551615}`,
-		`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":5,"targetScn":9,"source":"a.b","after":"x"}}`,
-		`{"v":1,"mode":"bootstrap_catchup","scn":7,"bootstrap":{"startScn":5,"targetScn":9}}`,
+		`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":5,"targetScn":5,"store":"s1","source":"a.b","after":"x","rows":3}}`,
+		`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":0,"targetScn":0}}`,
+		`{"v":1,"mode":"bootstrap_catchup","scn":7,"bootstrap":{"startScn":5,"targetScn":9,"store":"s1"}}`,
 	}
 	for _, s := range good {
 		c, err := Parse([]byte(s))
@@ -35,10 +36,13 @@ func TestParse(t *testing.T) {
 		`{"v":1,"mode":"offline","scn":1}`:      `"mode" is "offline"`,
 		`{"v":1,"mode":"online","scn":1,"x":1}`: `unknown field "x"`,
 		`{"v":1,"mode":"online","scn":1} {}`:    "trailing data",
-		`{"v":1,"mode":"bootstrap_snapshot","scn":0}`:                                          `needs field "bootstrap"`,
-		`{"v":1,"mode":"online","scn":0,"bootstrap":{"startScn":1,"targetScn":2}}`:             `"bootstrap" is set`,
-		`{"v":1,"mode":"bootstrap_catchup","scn":0,"bootstrap":{"startScn":9,"targetScn":5}}`:  "before bootstrap.startScn",
-		`{"v":1,"mode":"bootstrap_catchup","scn":10,"bootstrap":{"startScn":5,"targetScn":9}}`: "outside the catch-up range",
+		`{"v":1,"mode":"bootstrap_snapshot","scn":0}`:                                                      `needs field "bootstrap"`,
+		`{"v":1,"mode":"online","scn":0,"bootstrap":{"startScn":1,"targetScn":2}}`:                         `"bootstrap" is set`,
+		`{"v":1,"mode":"bootstrap_catchup","scn":0,"bootstrap":{"startScn":9,"targetScn":5}}`:              "before bootstrap.startScn",
+		`{"v":1,"mode":"bootstrap_catchup","scn":10,"bootstrap":{"startScn":5,"targetScn":9,"store":"s"}}`: "outside the catch-up range",
+		`{"v":1,"mode":"bootstrap_catchup","scn":7,"bootstrap":{"startScn":5,"targetScn":9}}`:              "store is missing",
+		`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":5,"targetScn":9,"store":"s"}}`: "during a snapshot",
+		`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":5,"targetScn":5,"after":"x"}}`: "store is missing",
 	}
 	for s, want := range bad {
 		_, err := Parse([]byte(s))
@@ -48,9 +52,24 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestFullHistory(t *testing.T) {
+	c := FullHistory()
+	if err := c.Validate(); err != nil || !c.IsNewBootstrap() {
+		t.Fatalf("FullHistory() = %s: %v, new %v", c, err, c.IsNewBootstrap())
+	}
+	again, err := Parse([]byte(c.String()))
+	if err != nil || !again.IsNewBootstrap() {
+		t.Fatalf("FullHistory round trip: %s %v", again, err)
+	}
+	if At(3).IsNewBootstrap() {
+		t.Fatal("an online checkpoint is a new bootstrap")
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"v":1,"mode":"online","scn":12}`))
-	f.Add([]byte(`{"v":1,"mode":"bootstrap_catchup","scn":7,"bootstrap":{"startScn":5,"targetScn":9}}`))
+	f.Add([]byte(`{"v":1,"mode":"bootstrap_catchup","scn":7,"bootstrap":{"startScn":5,"targetScn":9,"store":"s"}}`))
+	f.Add([]byte(`{"v":1,"mode":"bootstrap_snapshot","scn":0,"bootstrap":{"startScn":5,"targetScn":5,"store":"s","after":"AAAAAQ"}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {

@@ -115,12 +115,20 @@ func KeyInt(b []byte) (v int64, ok bool) {
 // Every other key (composite, string, binary) goes by the CRC-32C of its
 // encoding, mod n. n must be > 0.
 func KeyBucket(b []byte, n uint32) uint32 {
+	return uint32(KeyModBase(b) % uint64(n))
+}
+
+// KeyModBase returns the number whose remainder mod n is the key's MOD
+// bucket among n (KeyBucket): the magnitude of a single integer key, the
+// CRC-32C of the encoding of any other key. Stores index it to push MOD
+// filters into their queries.
+func KeyModBase(b []byte) uint64 {
 	if len(b) == 9 && (b[0] == keyInt || b[0] == keyUint) {
 		u := binary.BigEndian.Uint64(b[1:])
 		if b[0] == keyInt && int64(u) < 0 {
 			u = -u // two's complement magnitude; MinInt64 stays 1<<63, still exact
 		}
-		return uint32(u % uint64(n))
+		return u
 	}
-	return crc32.Checksum(b, castagnoli) % n
+	return uint64(crc32.Checksum(b, castagnoli))
 }

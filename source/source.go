@@ -52,6 +52,7 @@ package source
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"github.com/databus-go/databus/event"
 	"github.com/databus-go/databus/schema"
@@ -112,3 +113,44 @@ type Source interface {
 	// Close releases the adapter's resources.
 	Close() error
 }
+
+// ChunkReader reads the existing rows of a source's tables for a bootstrap
+// seed (package bootstrap): a keyset-paginated, lock-free copy that the
+// seeder brackets with watermark writes, in the manner of Netflix's DBLog.
+// Adapters of sources that can be seeded provide one, built from the same
+// configuration as their Source. A ChunkReader is used by one goroutine at
+// a time.
+type ChunkReader interface {
+	// ReadChunk reads, in one short statement (no transaction spanning
+	// chunks, no table lock), up to limit rows of table t whose primary key
+	// follows cursor ("" starts from the first row), in primary-key order.
+	// Each row is returned as the data event the adapter's capture would
+	// produce for an insert of that row: Kind data, Op insert, Source t.ID,
+	// SchemaVersion t.Version, and Key and Payload byte for byte as capture
+	// encodes them (SCN and Timestamp zero, no before-image). next is the
+	// cursor after the last row returned; fewer than limit rows means the
+	// table has no more. It fails with an error wrapping ErrSchemaMismatch
+	// when the table's live columns are not those of t (a DDL raced the
+	// seed: the seeder retries with the newer version).
+	ReadChunk(ctx context.Context, t schema.Table, cursor string, limit int) (rows []event.Event, next string, err error)
+	// WriteWatermark commits, in a transaction of its own, the row
+	// (slot, mark) into the watermark table, creating the table when it is
+	// missing. table is its logical source name ("db._databus_watermark");
+	// the relay must capture it, so that the mark appears in the stream at
+	// the point of its commit.
+	WriteWatermark(ctx context.Context, table, slot, mark string) error
+	// EstimateRows returns the server's estimate of the number of rows of
+	// table t (for progress and ETA; it need not be exact).
+	EstimateRows(ctx context.Context, t schema.Table) (uint64, error)
+	// Close releases the reader's connections.
+	Close() error
+}
+
+// ErrSchemaMismatch is wrapped by ChunkReader.ReadChunk's error when the
+// table no longer has the columns of the schema version it was asked for.
+var ErrSchemaMismatch = errors.New("databus: table columns differ from the schema version")
+
+// WatermarkTableName is the table name of a seed's watermark table, in the
+// database or schema the configuration names. Its columns are slot (the
+// primary key, a short string) and mark (a short string).
+const WatermarkTableName = "_databus_watermark"

@@ -173,6 +173,19 @@ func (c *Client) setRelay(r string) {
 	c.mu.Unlock()
 }
 
+// Schemas returns every schema version the client has learned (from the
+// relays' /v1/schemas and from schema-change frames), ordered by source id
+// and version. It only ever grows.
+func (c *Client) Schemas() []schema.Table {
+	var ts []schema.Table
+	for _, l := range c.reg.Latests() {
+		for _, e := range c.reg.Versions(l.ID) {
+			ts = append(ts, e.Table)
+		}
+	}
+	return ts
+}
+
 // Stats is a snapshot of a Client's counters, cumulative over its Runs.
 type Stats struct {
 	Windows uint64 // windows processed (delivered, or empty)

@@ -24,7 +24,15 @@ type Window struct {
 	Changes []Change
 	// size is the number of bytes of frames the window took on the wire.
 	size int
+	// frames are those bytes.
+	frames []byte
 }
+
+// Frames returns the window's frames as the relay sent them (after its
+// filters), end-of-window frame last; see package event for their format.
+// The slice aliases the response the window came in: it must not be
+// modified, and it may be kept.
+func (w *Window) Frames() []byte { return w.frames }
 
 // Event is one row change. Its byte slices are never reused by the client:
 // a handler may keep them after its call returns. They share memory with

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/databus-go/databus/checkpoint"
 	"github.com/databus-go/databus/schema"
@@ -35,6 +36,8 @@ type Client struct {
 	// cp is the last window fully processed (see Checkpoint).
 	cp    checkpoint.Checkpoint // guarded by mu
 	relay string                // guarded by mu: the relay pulled from
+
+	boot bootState
 
 	stats struct {
 		windows, events, retries, bytes, requests atomic.Uint64
@@ -69,6 +72,9 @@ func New(relays []string, h Handler, opts ...Option) (*Client, error) {
 	if c.cfg.store == nil {
 		c.cfg.store = new(MemoryStore)
 	}
+	if c.cfg.start.Mode != checkpoint.Online && len(c.cfg.bootstraps) == 0 {
+		return nil, fmt.Errorf("databus: WithStart: %w: mode %q needs a bootstrap server (WithBootstrap)", ErrNotOnline, c.cfg.start.Mode)
+	}
 	if c.cfg.httpClient != nil {
 		c.http = c.cfg.httpClient
 	} else {
@@ -95,7 +101,8 @@ func New(relays []string, h Handler, opts ...Option) (*Client, error) {
 //     WithRetry allows;
 //   - *UnavailableError when WithRelayRetry limits pull failures and they
 //     reached the limit;
-//   - an error wrapping ErrNotOnline, or from the store's Load;
+//   - an error wrapping ErrNotOnline (a bootstrap checkpoint without
+//     WithBootstrap), or from the store's Load;
 //   - ErrRunning when called while another Run has not returned.
 //
 // A failed final save is joined to the returned error. Run may be called
@@ -115,32 +122,67 @@ func (c *Client) Run(ctx context.Context) error {
 	if !found {
 		cp = c.cfg.start
 	}
-	if cp.Mode != checkpoint.Online {
-		return fmt.Errorf("%w: %s", ErrNotOnline, cp)
+	if cp.Mode != checkpoint.Online && len(c.cfg.bootstraps) == 0 {
+		return fmt.Errorf("%w (and no bootstrap server is configured, see WithBootstrap): %s", ErrNotOnline, cp)
 	}
 	c.mu.Lock()
 	c.cp = cp
 	c.mu.Unlock()
-	c.cfg.logger.Info("databus: client starting", "checkpoint", cp.String(), "stored", found, "relays", c.relays)
-	// The bootstrap fall-off goes here: when runOnline returns an
-	// *SCNNotHeldError and a bootstrap server is configured, Run will
-	// consume the snapshot and catch-up (checkpoint modes bootstrap_*), then
-	// call runOnline again from the catch-up's target SCN.
-	return c.runOnline(ctx, cp.SCN)
+	c.cfg.logger.Info("databus: client starting", "checkpoint", cp.String(), "stored", found, "relays", c.relays, "bootstrap", c.cfg.bootstraps)
+	lastFallOff, fallOffs := uint64(0), 0
+	for {
+		if cp.Mode != checkpoint.Online {
+			cp, err = c.runBootstrap(ctx, cp)
+			if err != nil {
+				c.cfg.logger.Info("databus: client stopped", "checkpoint", c.Checkpoint().String(), "err", err)
+				return err
+			}
+		}
+		c.setPhase(PhaseOnline, 0, 0, 0)
+		err = c.runOnline(ctx, cp.SCN)
+		var nh *SCNNotHeldError
+		if !errors.As(err, &nh) || len(c.cfg.bootstraps) == 0 {
+			return err
+		}
+		// Fallen off the relays. A fall-off right after a catch-up that
+		// made no progress (the store no further than the relays' oldest
+		// window) waits before trying again.
+		cp = c.Checkpoint()
+		if fallOffs > 0 && cp.SCN == lastFallOff {
+			d := backoff(fallOffs, c.cfg.relayMin, c.cfg.relayMax, jitter())
+			c.cfg.logger.Warn("databus: still behind the relays after a catch-up; waiting", "checkpoint", cp.SCN, "backoff", d)
+			if err := sleep(ctx, d); err != nil {
+				return err
+			}
+		} else {
+			fallOffs = 0
+		}
+		lastFallOff = cp.SCN
+		fallOffs++
+		c.cfg.logger.Warn("databus: the relays no longer hold the checkpoint; falling back to the bootstrap servers", "err", err)
+		if cp, err = c.fallOff(ctx, cp.SCN); err != nil {
+			return err
+		}
+	}
 }
 
-// runOnline consumes the relays' stream after window scn: one puller
-// goroutine fetching ahead into a bounded queue, and the dispatcher on the
-// calling goroutine.
-func (c *Client) runOnline(parent context.Context, scn uint64) error {
+// runOnline consumes the relays' stream after window scn.
+func (c *Client) runOnline(ctx context.Context, scn uint64) error {
+	p := newPuller(c, scn)
+	return c.runPhase(ctx, newCore(scn, c.cfg.retryAttempts, c.cfg.every), p.run)
+}
+
+// runPhase runs fetch on a goroutine of its own, feeding a bounded queue,
+// and the dispatcher on the calling goroutine, until the dispatcher stops;
+// it saves the checkpoint if the store is behind, and returns when both
+// have ended.
+func (c *Client) runPhase(parent context.Context, k *core, fetch func(context.Context, chan<- item)) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	q := make(chan item, c.cfg.bufferWindows)
-	p := newPuller(c, scn)
 	var wg sync.WaitGroup
-	wg.Go(func() { p.run(ctx, q) })
+	wg.Go(func() { fetch(ctx, q) })
 
-	k := newCore(scn, c.cfg.retryAttempts, c.cfg.every)
 	err := c.dispatch(ctx, q, k)
 	cancel()
 	wg.Wait()
@@ -154,7 +196,9 @@ func (c *Client) runOnline(parent context.Context, scn uint64) error {
 			err = errors.Join(err, fmt.Errorf("databus: saving checkpoint on exit: %w", serr))
 		}
 	}
-	c.cfg.logger.Info("databus: client stopped", "checkpoint", c.Checkpoint().String(), "err", err)
+	if !errors.Is(err, errCaughtUp) {
+		c.cfg.logger.Info("databus: client stopped", "checkpoint", c.Checkpoint().String(), "err", err)
+	}
 	return err
 }
 
@@ -204,6 +248,18 @@ type Stats struct {
 	RelayMaxSCN uint64
 	LagSCN      uint64
 	Relay       string // the relay currently pulled from
+
+	// Phase is PhaseOnline, PhaseSnapshot or PhaseCatchup. During a
+	// bootstrap, StartSCN and TargetSCN are its bounds (TargetSCN 0 during
+	// the snapshot), Rows the snapshot rows delivered, RowsTotal the
+	// server's count of the snapshot's rows when it began, and
+	// PhaseStarted when the phase began: enough for a progress line.
+	Phase        string
+	StartSCN     uint64
+	TargetSCN    uint64
+	Rows         uint64
+	RowsTotal    uint64
+	PhaseStarted time.Time
 }
 
 // Stats returns the client's counters.
@@ -220,6 +276,13 @@ func (c *Client) Stats() Stats {
 	s.Saves = c.stats.saves.Load()
 	s.SaveErrors = c.stats.saveErrors.Load()
 	s.RelayMaxSCN = c.stats.relayMaxSCN.Load()
+	c.boot.mu.Lock()
+	s.Phase, s.StartSCN, s.TargetSCN, s.RowsTotal, s.PhaseStarted = c.boot.phase, c.boot.start, c.boot.target, c.boot.total, c.boot.started
+	c.boot.mu.Unlock()
+	if s.Phase == "" {
+		s.Phase = PhaseOnline
+	}
+	s.Rows = c.boot.rows.Load()
 	if s.RelayMaxSCN > s.Checkpoint {
 		s.LagSCN = s.RelayMaxSCN - s.Checkpoint
 	}

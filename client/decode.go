@@ -134,19 +134,7 @@ func (d *windowDecoder) decodeWindow(b []byte, refreshed bool) (*Window, int, er
 			if !ok {
 				return nil, 0, &unknownSchemaError{source: f.Source, version: f.SchemaVersion}
 			}
-			evs = append(evs, Event{
-				SCN:           f.SCN,
-				Source:        entry.Name,
-				SourceID:      f.Source,
-				SchemaVersion: f.SchemaVersion,
-				Op:            f.Op,
-				Timestamp:     time.Unix(0, f.Timestamp).UTC(),
-				Key:           f.Key,
-				Payload:       f.Payload,
-				Before:        f.Before,
-				HasBefore:     f.HasBefore,
-				entry:         entry,
-			})
+			evs = append(evs, makeEvent(&f, entry))
 			w.Events = append(w.Events, &evs[len(evs)-1])
 		case event.KindEndOfWindow:
 			count, txid, _ := f.WindowInfo()
@@ -157,6 +145,23 @@ func (d *windowDecoder) decodeWindow(b []byte, refreshed bool) (*Window, int, er
 		}
 	}
 	return w, size, nil
+}
+
+// makeEvent is the client's view of data frame f, whose schema is entry.
+func makeEvent(f *event.Event, entry *schema.Entry) Event {
+	return Event{
+		SCN:           f.SCN,
+		Source:        entry.Name,
+		SourceID:      f.Source,
+		SchemaVersion: f.SchemaVersion,
+		Op:            f.Op,
+		Timestamp:     time.Unix(0, f.Timestamp).UTC(),
+		Key:           f.Key,
+		Payload:       f.Payload,
+		Before:        f.Before,
+		HasBefore:     f.HasBefore,
+		entry:         entry,
+	}
 }
 
 func (d *windowDecoder) lookup(id uint32, version uint16) (*schema.Entry, bool) {

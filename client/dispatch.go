@@ -42,7 +42,7 @@ const (
 type step struct {
 	kind    stepKind
 	attempt int  // deliver: 1-based attempt; rollback: failed attempts so far
-	save    bool // commit: persist checkpoint.At(committed)
+	save    bool // commit: persist the checkpoint after the window
 	final   bool // rollback: no attempt left
 }
 
@@ -147,7 +147,7 @@ func (c *Client) dispatch(ctx context.Context, q <-chan item, k *core) error {
 			return it.err
 		}
 		w := it.w
-		st := k.offer(w.SCN, c.needsCall(w))
+		st := k.offer(w.order(), c.needsCall(w))
 		for st.kind != stepCommit {
 			switch st.kind {
 			case stepDeliver:
@@ -155,7 +155,7 @@ func (c *Client) dispatch(ctx context.Context, q <-chan item, k *core) error {
 				if err != nil && ctx.Err() != nil {
 					// Stopping, not a failure of the handler: the window
 					// stays uncommitted and is delivered again next Run.
-					c.rollback(ctx, k.committed, err)
+					c.rollback(ctx, c.rollbackSCN(), err)
 					k.abort()
 					return ctx.Err()
 				}
@@ -163,7 +163,7 @@ func (c *Client) dispatch(ctx context.Context, q <-chan item, k *core) error {
 				if st.kind == stepRollback {
 					c.stats.retries.Add(1)
 					c.cfg.logger.Warn("databus: handler failed on window", "scn", w.SCN, "attempt", st.attempt, "final", st.final, "err", err)
-					c.rollback(ctx, k.committed, err)
+					c.rollback(ctx, c.rollbackSCN(), err)
 					if st.final {
 						return &HandlerError{SCN: w.SCN, Attempts: st.attempt, Err: err}
 					}
@@ -245,11 +245,19 @@ func (c *Client) budget(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithCancel(ctx)
 }
 
-// committed publishes that window w is done.
+// committed publishes that window w is done: the checkpoint after it is
+// the one its phase gave it, or the online one at its SCN.
 func (c *Client) committed(w *Window) {
+	cp := w.cp
+	if cp.Mode == "" {
+		cp = checkpoint.At(w.SCN)
+	}
 	c.mu.Lock()
-	c.cp = checkpoint.At(w.SCN)
+	c.cp = cp
 	c.mu.Unlock()
+	if w.Snapshot {
+		c.boot.rows.Store(cp.Bootstrap.Rows)
+	}
 	c.stats.windows.Add(1)
 	c.stats.events.Add(uint64(len(w.Events)))
 }
@@ -262,13 +270,31 @@ const saveTimeout = 10 * time.Second
 // after the next window: the window is processed either way, and a lost
 // save only means replaying windows after a crash.
 func (c *Client) save(ctx context.Context, k *core) error {
-	scn := k.committed
-	if err := c.cfg.store.Save(ctx, checkpoint.At(scn)); err != nil {
+	seq, cp := k.committed, c.Checkpoint()
+	if err := c.saveCheckpoint(ctx, cp); err != nil {
+		return err
+	}
+	k.saved(seq)
+	return nil
+}
+
+// saveCheckpoint persists cp, counting and logging a failure.
+func (c *Client) saveCheckpoint(ctx context.Context, cp checkpoint.Checkpoint) error {
+	if err := c.cfg.store.Save(ctx, cp); err != nil {
 		c.stats.saveErrors.Add(1)
-		c.cfg.logger.Error("databus: saving checkpoint failed", "scn", scn, "err", err)
+		c.cfg.logger.Error("databus: saving checkpoint failed", "checkpoint", cp.String(), "err", err)
 		return err
 	}
 	c.stats.saves.Add(1)
-	k.saved(scn)
 	return nil
+}
+
+// rollbackSCN is the SCN OnRollback reports: the last window committed, or
+// during a snapshot the snapshot's start SCN.
+func (c *Client) rollbackSCN() uint64 {
+	cp := c.Checkpoint()
+	if cp.Mode == checkpoint.BootstrapSnapshot {
+		return cp.Bootstrap.StartSCN
+	}
+	return cp.SCN
 }

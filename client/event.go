@@ -3,6 +3,7 @@ package client
 import (
 	"time"
 
+	"github.com/databus-go/databus/checkpoint"
 	"github.com/databus-go/databus/event"
 	"github.com/databus-go/databus/schema"
 )
@@ -22,10 +23,29 @@ type Window struct {
 	// Truncate or Drop change at its place: the source's log carries no row
 	// events for it.
 	Changes []Change
+	// Snapshot marks a page of a bootstrap snapshot rather than a source
+	// transaction: its events are inserts of rows as they are at the
+	// snapshot's start SCN (SCN), each with the SCN of the row's last change,
+	// and it has no TxID and no Changes. See BootstrapHandler.
+	Snapshot bool
+
 	// size is the number of bytes of frames the window took on the wire.
 	size int
+	// seq orders snapshot pages for the dispatcher (1, 2, ...), as SCNs
+	// order other windows.
+	seq uint64
+	// cp is the checkpoint after the window, when it is not the online one
+	// at SCN (bootstrap phases).
+	cp checkpoint.Checkpoint
 	// frames are those bytes.
 	frames []byte
+}
+
+func (w *Window) order() uint64 {
+	if w.Snapshot {
+		return w.seq
+	}
+	return w.SCN
 }
 
 // Frames returns the window's frames as the relay sent them (after its

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -38,6 +39,7 @@ type config struct {
 	name          string
 	bufferWindows int
 	emptyWindows  bool
+	bootstraps    []string // bootstrap server base URLs, no trailing slash
 }
 
 // Protocol bounds (PROTOCOL.md), checked here so that a bad value fails in
@@ -80,13 +82,13 @@ func WithCheckpointStore(s CheckpointStore) Option {
 
 // WithStart sets the checkpoint to start from when the store holds none.
 // The default is checkpoint.Start(): the oldest window the relay holds.
+// checkpoint.FullHistory() asks for the whole history from the bootstrap
+// servers (WithBootstrap, which New then requires): a snapshot, the log
+// after it, then the relays.
 func WithStart(cp checkpoint.Checkpoint) Option {
 	return func(c *config) error {
 		if err := cp.Validate(); err != nil {
 			return fmt.Errorf("WithStart: %w", err)
-		}
-		if cp.Mode != checkpoint.Online {
-			return fmt.Errorf("WithStart: %w (mode %q)", ErrNotOnline, cp.Mode)
 		}
 		c.start = cp
 		return nil
@@ -282,6 +284,30 @@ func WithBufferWindows(n int) Option {
 func WithEmptyWindows() Option {
 	return func(c *config) error {
 		c.emptyWindows = true
+		return nil
+	}
+}
+
+// WithBootstrap names the bootstrap servers (base URLs such as
+// "http://bootstrap-1:8090", all serving the same store) the client falls
+// back to when no relay holds the windows after its checkpoint any more, or
+// when it starts from checkpoint.FullHistory(): it then reads a consistent
+// snapshot and the log after it from them, and returns to the relays at the
+// log's target SCN (see BootstrapHandler and docs/BOOTSTRAP.md). Without
+// it, falling off the relays ends Run with a *SCNNotHeldError.
+func WithBootstrap(servers ...string) Option {
+	return func(c *config) error {
+		if len(servers) == 0 {
+			return fmt.Errorf("WithBootstrap: no server URL")
+		}
+		c.bootstraps = nil
+		for _, s := range servers {
+			u, err := url.Parse(s)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+				return fmt.Errorf("WithBootstrap: server URL %q: want http(s)://host[:port][/path]", s)
+			}
+			c.bootstraps = append(c.bootstraps, strings.TrimRight(s, "/"))
+		}
 		return nil
 	}
 }

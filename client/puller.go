@@ -30,6 +30,12 @@ const minPoll = 100 * time.Millisecond
 type puller struct {
 	c   *Client
 	dec windowDecoder
+	// servers are the base URLs pulled from: the relays, or the bootstrap
+	// servers during a catch-up.
+	servers []string
+	// catchup, when set, makes the puller read the bootstrap log up to its
+	// target instead of the relays' stream.
+	catchup *checkpoint.Bootstrap
 	// next is the index of the relay to pull from; it moves on after every
 	// failed pull, so a dead relay is left for the next one.
 	next int
@@ -46,7 +52,8 @@ type puller struct {
 
 func newPuller(c *Client, after uint64) *puller {
 	return &puller{
-		c: c,
+		c:       c,
+		servers: c.relays,
 		dec: windowDecoder{
 			reg:         c.reg,
 			after:       after,
@@ -66,10 +73,16 @@ func (p *puller) run(ctx context.Context, q chan<- item) {
 			return false
 		}
 	}
-	relays := p.c.relays
+	relays := p.servers
 	for {
+		if p.catchup != nil && p.dec.after >= p.catchup.TargetSCN {
+			send(item{err: errCaughtUp})
+			return
+		}
 		relay := relays[p.next]
-		p.c.setRelay(relay)
+		if p.catchup == nil {
+			p.c.setRelay(relay)
+		}
 		err := p.pull(ctx, relay, send)
 		if err == nil {
 			p.failures, p.notHeld, p.sinceNotHeld = 0, nil, 0
@@ -149,6 +162,8 @@ func (p *puller) pull(ctx context.Context, relay string, send func(item) bool) e
 		return fmt.Errorf("databus: relay %s: reading response: %w", relay, readErr)
 	case err != nil:
 		return fmt.Errorf("%w (relay %s)", err, relay)
+	case len(body) == 0 && p.catchup != nil && p.dec.after < p.catchup.TargetSCN:
+		return fmt.Errorf("%w: bootstrap server %s sent no window after scn %d, before the catch-up target %d", ErrProtocol, relay, p.dec.after, p.catchup.TargetSCN)
 	case len(body) == 0:
 		// Nothing new within the long-poll wait.
 		return sleep(ctx, minPoll-time.Since(start))
@@ -171,7 +186,13 @@ func sendAll(ws []*Window, send func(item) bool) bool {
 func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr, err error) {
 	cfg := &p.c.cfg
 	v := url.Values{}
-	v.Set("checkpoint", checkpoint.At(p.dec.after).String())
+	path := "/v1/stream?"
+	if b := p.catchup; b != nil {
+		path = "/v1/catchup?"
+		v.Set("checkpoint", catchupAt(p.dec.after, *b).String())
+	} else {
+		v.Set("checkpoint", checkpoint.At(p.dec.after).String())
+	}
 	if len(cfg.sources) > 0 {
 		v.Set("sources", strings.Join(cfg.sources, ","))
 	}
@@ -179,8 +200,10 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 		v.Set("partition", cfg.partition)
 	}
 	v.Set("maxBytes", strconv.Itoa(cfg.maxBytes))
-	v.Set("wait", cfg.wait.String())
-	v.Set("format", "binary")
+	if p.catchup == nil {
+		v.Set("wait", cfg.wait.String())
+		v.Set("format", "binary")
+	}
 	if cfg.name != "" {
 		v.Set("client", cfg.name)
 	}
@@ -193,7 +216,7 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 	stalled := fmt.Errorf("databus: relay %s: nothing received for the request timeout (%v, beyond the long-poll wait)", relay, cfg.reqTimeout)
 	timer := time.AfterFunc(cfg.wait+cfg.reqTimeout, func() { cancel(stalled) })
 	defer timer.Stop()
-	resp, err := p.get(ctx, relay, "/v1/stream?"+v.Encode())
+	resp, err := p.get(ctx, relay, path+v.Encode())
 	if err != nil {
 		if context.Cause(ctx) == stalled {
 			err = stalled
@@ -202,7 +225,7 @@ func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr
 	}
 	defer resp.Body.Close()
 	p.c.stats.requests.Add(1)
-	if s := resp.Header.Get("X-Databus-Max-Scn"); s != "" {
+	if s := resp.Header.Get("X-Databus-Max-Scn"); s != "" && p.catchup == nil {
 		if scn, err := strconv.ParseUint(s, 10, 64); err == nil {
 			p.c.stats.relayMaxSCN.Store(scn)
 		}

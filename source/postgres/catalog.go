@@ -189,8 +189,14 @@ func (c *catalog) indexColumns(ctx context.Context, relid uint32, which string) 
 	if err != nil {
 		return nil, err
 	}
+	// Only the index's key columns: those of an INCLUDE clause are not
+	// part of the key (pgoutput does not flag them either).
+	nkey := "indnkeyatts"
+	if c.version != 0 && c.version < 110000 {
+		nkey = "indnatts" // no INCLUDE before PostgreSQL 11
+	}
 	rows, err := conn.Query(ctx, `SELECT a.attname::text FROM pg_catalog.pg_index i
-		JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.`+nkey+`-1])
 		WHERE i.indrelid = $1 AND i.`+which+` ORDER BY a.attnum`, relid)
 	if err != nil {
 		return nil, c.check(fmt.Errorf("databus: postgres: read the key of relation %d: %w", relid, err))

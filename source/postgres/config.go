@@ -47,7 +47,10 @@ type Config struct {
 	ConnString Secret `yaml:"connString" json:"connString"`
 	// Tables lists the captured tables as "schema.table", spelled as the
 	// catalog spells them (unquoted, case-sensitive): "public.orders". The
-	// logical source name is the same string.
+	// logical source name is the same string. The watermark table of a
+	// bootstrap seed in each of their schemas,
+	// "<schema>._databus_watermark", is captured too once it exists (see
+	// "Seeding" in the package doc).
 	Tables []string `yaml:"tables" json:"tables"`
 	// Publication is the publication the slot decodes with. Default
 	// "databus".
@@ -57,9 +60,11 @@ type Config struct {
 	// "databus".
 	Slot string `yaml:"slot" json:"slot"`
 	// CreatePublication makes Open create the publication (FOR TABLE the
-	// configured tables) when it is absent, and add configured tables it
-	// lacks. Default true (nil); false makes a missing publication or
-	// table an error.
+	// configured tables and the existing watermark tables) when it is
+	// absent, and add configured tables it lacks; it lets Open and
+	// ChunkReader.WriteWatermark add watermark tables. Default true (nil);
+	// false makes a missing publication or table an error (a missing
+	// watermark table only for WriteWatermark: Open logs a warning).
 	CreatePublication *bool `yaml:"createPublication" json:"createPublication"`
 	// CreateSlot makes Open create the slot when it is absent. Default true
 	// (nil); false makes a missing slot an error.

@@ -185,6 +185,11 @@ func newDecoder(store *schemaStore, resolver relationResolver, tables []string, 
 	for _, t := range tables {
 		d.captured[t] = true
 	}
+	// The seed's watermark tables travel with the data (see "Seeding" in
+	// the package doc).
+	for _, t := range watermarkTables(tables) {
+		d.captured[t] = true
+	}
 	d.forget()
 	return d
 }
@@ -379,18 +384,8 @@ func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 		if len(t.Columns) != len(m.Columns)+1 {
 			return decodeErr("%s: relation message with %d columns resolved to a schema of %d", name, len(m.Columns), len(t.Columns))
 		}
-		r.types = make([]colType, len(m.Columns))
-		r.fields = make([]string, len(m.Columns))
-		for i := range m.Columns {
-			c := t.Columns[i]
-			ct, ok := typeByAvro[string(c.Avro)]
-			if !ok {
-				return decodeErr("%s: column %s has Avro type %s, which the adapter does not decode", name, c.Name, c.Avro)
-			}
-			r.types[i], r.fields[i] = ct, schema.FieldName(c.Name)
-		}
-		for _, k := range t.Key {
-			r.key = append(r.key, t.Column(k))
+		if r.types, r.fields, r.key, err = rowEncoding(t); err != nil {
+			return decodeErr("%v", err)
 		}
 	}
 	if d.inStream {

@@ -24,7 +24,8 @@
 // configured table (or be FOR ALL TABLES) and have no row filter or column
 // list on them; Open creates it (CREATE PUBLICATION ... FOR TABLE, which
 // needs ownership of the tables and CREATE on the database) or adds missing
-// tables when Config.CreatePublication allows (the default). The slot
+// tables when Config.CreatePublication allows (the default); the seed's
+// watermark tables that exist are included (see "Seeding"). The slot
 // (Config.Slot, default "databus"; slots are cluster-wide, so give each
 // relay its own) must be a pgoutput slot of the same database that has not
 // lost WAL; Open creates it with pg_create_logical_replication_slot when
@@ -310,6 +311,72 @@
 // open_transaction_spilled_bytes, each labelled with the slot (see
 // metrics.go). Collect reads Stats and never touches the server.
 //
+// # Seeding
+//
+// [ChunkReader] (NewChunkReader, from the same Config) implements
+// [source.ChunkReader]: it copies the rows a table already holds, for the
+// bootstrap seed, on a connection of its own (never the slot), with the
+// session settings of the replication connection.
+//
+// ReadChunk pages through a table by its key index: the primary key, or the
+// replica identity index (the capture's key). Each chunk is one statement,
+//
+//	SELECT <columns> FROM <table> WHERE (k1, k2) > ($1, $2) ORDER BY k1, k2 LIMIT $3
+//
+// with the key index's columns in the index's order, which a btree index
+// serves as an index condition (an index scan that starts where the last
+// chunk ended; an index with another collation or operator class than the
+// columns' defaults cannot, and each chunk then scans the table). The
+// values are fetched in text format and go through the capture's own
+// conversion (the schema version's Avro types decide it, as for a relation
+// message), so that a row's Key and Payload are byte for byte those of the
+// insert event the capture produces for the same row; a SELECT returns
+// TOASTed values whole, as an insert carries them. The cursor is JSON: the
+// key index's column names and the last row's values of those columns in
+// their text form, passed back as parameters typed as the columns, so it
+// round-trips every value exactly; anything else fails with
+// [ErrBadCursor]. Tables whose key is the whole row (no primary key,
+// REPLICA IDENTITY NOTHING or FULL without a primary key) fail with
+// [ErrNotSeedable]: without a unique key, pages cannot be told apart.
+//
+// The statement runs in a read-only transaction that, before it commits,
+// compares the table's definition in the catalog with the one the schema
+// version was checked against (columns, their types and modifiers, order,
+// replica identity, key index). The SELECT's lock on the table keeps every
+// DDL that could change those (all take ACCESS EXCLUSIVE) from committing
+// until then, so the rows are of the version asked for; a difference found
+// there or when the version is first checked against the table is an
+// error wrapping [source.ErrSchemaMismatch] that names it.
+//
+// PostgreSQL makes transactions visible in an order that may differ from
+// the order of their commit records in the WAL: a transaction whose commit
+// record precedes the low watermark's can still be invisible to a snapshot
+// taken after the watermark committed, for a moment. The seed would then
+// read a row version older than one the stream delivered before the low
+// watermark, and apply it over that change. So ReadChunk first takes a
+// transaction id (committed at once, without a WAL flush) and waits until
+// the oldest transaction in progress is younger: every transaction that
+// committed before the call is then visible to the chunk's SELECT. The
+// wait lasts as long as the writing transactions already open (cluster
+// wide, prepared ones included), like CREATE INDEX CONCURRENTLY's; ctx
+// bounds it and its error names the oldest transaction id in the way.
+//
+// Watermarks go to the table <schema>._databus_watermark (slot text
+// PRIMARY KEY, mark text NOT NULL) of the seeded table's schema. The
+// capture delivers the changes of the watermark table of every schema of
+// Config.Tables as data events of their own logical sources (ids and
+// versions assigned as for any table), provided the publication publishes
+// it: Open includes the ones that exist when it creates the publication or
+// adds missing tables, and returns their schemas with the configured
+// tables'; WriteWatermark creates the table when missing and adds it to
+// the publication unless that is FOR ALL TABLES (or says which statement to
+// run when Config.CreatePublication is false). The upsert is a
+// transaction of its own, committed before WriteWatermark returns.
+//
+// EstimateRows counts the rows of a table of up to 8 MiB and estimates
+// those of larger ones: the planner's estimate, or, for a table never
+// analyzed, the rows of a sample of about 128 pages scaled to its size.
+//
 // # Concurrency
 //
 // Open, Run and Close are called by one goroutine at a time; Release,
@@ -317,6 +384,8 @@
 // other). Run owns the replication connection
 // and a catalog connection (on its own goroutine) and one goroutine with
 // the heartbeat connection, and waits for that goroutine before it returns.
+// A ChunkReader is used by one goroutine at a time (Close excepted) and has
+// no goroutine of its own.
 //
 // # Limitations
 //
@@ -333,4 +402,7 @@
 //     versions.
 //   - Only the text format is decoded (no binary 'true' option), and only
 //     tested on PostgreSQL 15.
+//   - A seed chunk waits for the writing transactions open when it starts
+//     (see "Seeding"): a long one, or a forgotten prepared transaction,
+//     stalls the seed. Tables without a unique key cannot be seeded.
 package postgres

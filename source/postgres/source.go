@@ -331,7 +331,29 @@ func (s *Source) open(ctx context.Context, cat *catalog) ([]schema.Table, int, i
 		}
 		tables = append(tables, t)
 	}
-	if err := s.ensurePublication(ctx, conn, version); err != nil {
+	// The seed's watermark tables that exist are captured like the
+	// configured tables (see "Seeding" in the package doc).
+	var marks []string
+	for _, name := range watermarkTables(s.cfg.Tables) {
+		ns, rel, _ := strings.Cut(name, ".")
+		ct, ok, err := cat.describeTable(ctx, ns, rel)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		if !ok || ct.kind != "r" {
+			continue
+		}
+		t, err := cat.buildTable(ctx, name, ct.cols, ct.key)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		if err := (&t).Validate(); err != nil {
+			return nil, 0, 0, err
+		}
+		tables = append(tables, t)
+		marks = append(marks, name)
+	}
+	if err := s.ensurePublication(ctx, conn, version, marks); err != nil {
 		return nil, 0, 0, err
 	}
 	if err := s.ensureSlot(ctx, conn, version); err != nil {
@@ -346,8 +368,11 @@ func quoteTable(name string) string {
 }
 
 // ensurePublication checks that the publication publishes every change of
-// every captured table, creating it or adding tables when allowed.
-func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version int) error {
+// every captured table, creating it or adding tables when allowed. marks
+// are the existing watermark tables: included when the publication is
+// created or tables are added, but a publication without them is only
+// reported (WriteWatermark adds them, or says what to run).
+func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version int, marks []string) error {
 	pub := s.cfg.Publication
 	qpub := pgx.Identifier{pub}.Sanitize()
 	var ins, upd, del, all bool
@@ -358,8 +383,9 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 	}
 	err := conn.QueryRow(ctx, q, pub).Scan(&ins, &upd, &del, &all, &trunc)
 	if errors.Is(err, pgx.ErrNoRows) {
-		list := make([]string, len(s.cfg.Tables))
-		for i, t := range s.cfg.Tables {
+		all := append(append([]string(nil), s.cfg.Tables...), marks...)
+		list := make([]string, len(all))
+		for i, t := range all {
 			list[i] = quoteTable(t)
 		}
 		stmt := "CREATE PUBLICATION " + qpub + " FOR TABLE " + strings.Join(list, ", ")
@@ -369,7 +395,7 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("databus: postgres: %s: %w (the role must own the tables)", stmt, err)
 		}
-		s.log.Info("created publication", "publication", pub, "tables", s.cfg.Tables)
+		s.log.Info("created publication", "publication", pub, "tables", all)
 		return nil
 	}
 	if err != nil {
@@ -403,11 +429,22 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 	for _, t := range have {
 		in[t] = true
 	}
-	var missing []string
+	var missing, missingMarks []string
 	for _, t := range s.cfg.Tables {
 		if !in[t] {
 			missing = append(missing, quoteTable(t))
 		}
+	}
+	for _, t := range marks {
+		if !in[t] {
+			missingMarks = append(missingMarks, quoteTable(t))
+		}
+	}
+	if !s.cfg.createPublication() && len(missingMarks) > 0 {
+		s.log.Warn("the publication does not include the seed's watermark tables: seeds of their schemas will fail until it does",
+			"publication", pub, "tables", missingMarks, "fix", "ALTER PUBLICATION "+qpub+" ADD TABLE "+strings.Join(missingMarks, ", "))
+	} else {
+		missing = append(missing, missingMarks...)
 	}
 	if len(missing) > 0 {
 		stmt := "ALTER PUBLICATION " + qpub + " ADD TABLE " + strings.Join(missing, ", ")
@@ -430,7 +467,7 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		}
 		defer rows.Close()
 		captured := map[string]bool{}
-		for _, t := range s.cfg.Tables {
+		for _, t := range append(append([]string(nil), s.cfg.Tables...), marks...) {
 			captured[t] = true
 		}
 		for rows.Next() {

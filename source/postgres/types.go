@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -78,6 +79,43 @@ var typeByAvro = func() map[string]colType {
 	}
 	return m
 }()
+
+// rowEncoding returns how the rows of schema version t are encoded: per
+// column before UnchangedColumn, its decoding and Avro field name, and the
+// key columns' indexes in key order. The capture (for each relation
+// message) and ReadChunk (for each seed chunk) both derive it from the
+// version alone, here, so that they encode a row alike.
+func rowEncoding(t schema.Table) (types []colType, fields []string, key []int, err error) {
+	n := len(t.Columns) - 1
+	if n < 0 || t.Columns[n].Name != UnchangedColumn {
+		return nil, nil, nil, fmt.Errorf("%s version %d does not end with column %s: it is not a schema of this adapter", t.Name, t.Version, UnchangedColumn)
+	}
+	types = make([]colType, n)
+	fields = make([]string, n)
+	for i, c := range t.Columns[:n] {
+		ct, ok := typeByAvro[string(c.Avro)]
+		if !ok {
+			// A version that went through indented JSON (a bootstrap
+			// store) has the same types, spelled with spaces.
+			var b bytes.Buffer
+			if json.Compact(&b, c.Avro) == nil {
+				ct, ok = typeByAvro[b.String()]
+			}
+		}
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("%s: column %s has Avro type %s, which the adapter does not decode", t.Name, c.Name, c.Avro)
+		}
+		types[i], fields[i] = ct, schema.FieldName(c.Name)
+	}
+	for _, k := range t.Key {
+		i := t.Column(k)
+		if i < 0 || i >= n {
+			return nil, nil, nil, fmt.Errorf("%s version %d: key column %q is not a column", t.Name, t.Version, k)
+		}
+		key = append(key, i)
+	}
+	return types, fields, key, nil
+}
 
 // scalarOIDs maps the built-in scalar types to their kind. Types not listed
 // (and not arrays, enums or domains; see catalog.typeOf) are kString.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/databus-go/databus/secret"
+	"github.com/databus-go/databus/source"
 )
 
 // Defaults applied to the zero fields of Config.
@@ -73,8 +74,16 @@ type Config struct {
 	// Empty means every table. Names are matched case-sensitively, as the
 	// server spells them. The system schemas (mysql, information_schema,
 	// performance_schema, sys) are never captured.
+	//
+	// The seed watermark table, db._databus_watermark
+	// (source.WatermarkTableName), is captured in every database that the
+	// database part of some Include pattern matches (every database when
+	// Include is empty), even when no pattern names it and whatever Exclude
+	// says: a bootstrap seed of a table of db writes its watermarks there
+	// and waits for them in the stream.
 	Include []string `yaml:"include" json:"include"`
 	// Exclude lists patterns of tables not to capture even if included.
+	// It does not apply to the seed watermark table (see Include).
 	Exclude []string `yaml:"exclude" json:"exclude"`
 	// StateDir is the directory of mysql-schemas.json, the persisted map
 	// from table definitions to logical source ids and schema versions.
@@ -243,6 +252,11 @@ func (f *filter) match(db, table string) bool {
 	if systemSchemas[strings.ToLower(db)] || (f.heartbeat != "" && f.heartbeat == db+"."+table) {
 		return false
 	}
+	if table == source.WatermarkTableName {
+		// A seed's watermarks must reach the stream, whatever the
+		// patterns say about the table itself (see Config.Include).
+		return f.includesDB(db)
+	}
 	in := len(f.include) == 0
 	for _, p := range f.include {
 		if glob(p[0], db) && glob(p[1], table) {
@@ -259,6 +273,20 @@ func (f *filter) match(db, table string) bool {
 		}
 	}
 	return true
+}
+
+// includesDB reports whether some Include pattern can match a table of
+// database db.
+func (f *filter) includesDB(db string) bool {
+	if len(f.include) == 0 {
+		return true
+	}
+	for _, p := range f.include {
+		if glob(p[0], db) {
+			return true
+		}
+	}
+	return false
 }
 
 // glob matches s against pattern p in which '*' matches any run of bytes and

@@ -114,10 +114,14 @@
 // of them). Key components: integers and YEAR with event.AppendKeyInt
 // (signed) or event.AppendKeyUint (unsigned); text, ENUM and JSON with
 // AppendKeyString; BINARY/VARBINARY/BLOB, BIT and GEOMETRY with
-// AppendKeyBytes; DECIMAL, FLOAT/DOUBLE, the temporal types and SET with
-// AppendKeyString of their canonical text (the server's rendering, SET as
-// comma-separated labels); NULL with AppendKeyNull. A key column with a
-// prefix index (PRIMARY KEY (c(10))) is keyed by its whole value.
+// AppendKeyBytes; DECIMAL and the temporal types with AppendKeyString of
+// their text as go-mysql's binlog decoder renders it (the server's
+// rendering, with TIMESTAMP in UTC, except that a TIME drops a fractional
+// part that is zero: '12:00:00', not '12:00:00.00'); FLOAT/DOUBLE with
+// AppendKeyString of Go's shortest exact rendering (strconv 'g', -1); SET
+// with AppendKeyString of its comma-separated labels; NULL with
+// AppendKeyNull. A key column with a prefix index (PRIMARY KEY (c(10))) is
+// keyed by its whole value.
 //
 // # Schemas from the log
 //
@@ -228,12 +232,68 @@
 // retention, which a replica cannot hold back, so there is nothing to
 // confirm. Keep the server's binlog retention longer than any relay outage.
 //
+// # Seeding
+//
+// [ChunkReader] (NewChunkReader, from the same Config) implements
+// [source.ChunkReader]: it copies the rows a table already holds for a
+// bootstrap seed, and writes the seed's watermarks.
+//
+// A chunk is one autocommit statement, so it reads one consistent InnoDB
+// snapshot and takes no lock, and no transaction spans chunks:
+//
+//	SELECT cols FROM db.t FORCE INDEX (key) WHERE (k1 > ?) OR (k1 = ? AND k2 > ?) ... ORDER BY k1, k2 ... LIMIT n
+//
+// MariaDB turns that predicate into a range scan of the key index that
+// starts at the cursor (it does not for the row comparison (k1, k2) > (?, ?),
+// which scans from the first row), so a chunk costs its own rows whatever
+// its position. Cursor values of text key columns are compared as
+// CONVERT(? USING charset) COLLATE collation, the column's own: the order
+// is the index's, and the predicate stays sargable. A key with a prefix
+// index (a TEXT key) is sorted on every chunk: correct, slow on big tables.
+// Rows that exist from the first chunk to the last are read exactly once,
+// in key order, whatever is inserted or deleted meanwhile.
+//
+// A row is returned as the event the capture emits for its insert, Key and
+// Payload byte for byte: the reader selects with the binary protocol (exact
+// FLOAT and DOUBLE), in raw bytes (character_set_results=binary, so text
+// arrives in its column's character set, as in the binlog), ENUM and SET as
+// their index and bit set (e+0), UUID, INET6 and INET4 as their binary form;
+// it turns the values into those go-mysql's binlog decoder gives (DECIMAL
+// with exactly its scale, TIME without a zero fraction, TIMESTAMP in UTC)
+// and encodes them with the capture's own code.
+//
+// The cursor is JSON, one entry per key column with its value in an exact
+// form (integers as text, FLOAT/DOUBLE as their bits, text and binary as
+// base64 of the raw bytes, with the collation of text columns); a cursor
+// that is not one the reader made for the table's key fails with
+// [ErrBadCursor], and so does one made under another collation of a text
+// key column (the order changed: the seed must start again).
+//
+// The live definition (information_schema) is compared with the schema
+// version asked for before the first chunk of the version and after every
+// chunk's statement; a difference fails with an error wrapping
+// [source.ErrSchemaMismatch] that names it. The check after the statement
+// sees every DDL committed before the statement, so the rows returned are
+// the version's, unless two DDLs changed the table and changed it back
+// between two checks. Tables without a primary key (or a UNIQUE index over
+// NOT NULL columns), and MySQL's binary JSON and VECTOR columns, fail with
+// [ErrNotSeedable].
+//
+// WriteWatermark upserts (slot, mark) into db._databus_watermark (created
+// if missing) in one autocommit statement. The capture always captures that
+// table in every database Config.Include can match, so the mark reaches the
+// stream, as an insert or update of the row, in the window of its commit.
+//
+// Only MariaDB (10.11) is tested; the reader keeps the MySQL paths of the
+// capture where it can.
+//
 // # Concurrency
 //
 // Open, Run and Close are called by one goroutine at a time; Release may
 // run concurrently with Run. Run owns two goroutines (the heartbeat-table
 // writer and a stall watchdog) and go-mysql's reader, and waits for all of
-// them before it returns.
+// them before it returns. A ChunkReader is used by one goroutine at a time
+// (Close excepted) and has no goroutine of its own.
 //
 // # Limitations
 //

@@ -64,16 +64,21 @@ func New(cfg Config, opts ...Option) (*Source, error) {
 
 var _ source.Source = (*Source)(nil)
 
-func (s *Source) driverConfig() *driver.Config {
+func (s *Source) driverConfig() *driver.Config { return driverConfig(&s.cfg, s.log) }
+
+// driverConfig is the database/sql configuration of cfg's server: UTC
+// session time zone (TIMESTAMP text in UTC, as the capture renders it), no
+// time parsing.
+func driverConfig(cfg *Config, log *slog.Logger) *driver.Config {
 	c := driver.NewConfig()
-	c.User = s.cfg.User
-	c.Passwd = string(s.cfg.Password)
+	c.User = cfg.User
+	c.Passwd = string(cfg.Password)
 	c.Net = "tcp"
-	c.Addr = net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+	c.Addr = net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
 	c.ParseTime = false
 	c.Timeout = 10 * time.Second
 	c.Params = map[string]string{"time_zone": "'+00:00'"}
-	c.Logger = driverLogger{s.log}
+	c.Logger = driverLogger{log}
 	return c
 }
 
@@ -281,10 +286,31 @@ func queryRows(ctx context.Context, db *sql.DB, q string, fn func(*sql.Rows) err
 
 // readCatalog reads the definition of every captured table.
 func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string]int) ([]*tableDef, error) {
-	const notSystem = "TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
+	return readDefs(ctx, db, charsets, f.match, "", "")
+}
+
+// readTableDef reads the definition of table dbName.table from the catalog,
+// or nil when the table does not exist.
+func readTableDef(ctx context.Context, db *sql.DB, charsets map[string]int, dbName, table string) (*tableDef, error) {
+	defs, err := readDefs(ctx, db, charsets, func(string, string) bool { return true }, dbName, table)
+	if err != nil || len(defs) == 0 {
+		return nil, err
+	}
+	return defs[0], nil
+}
+
+// readDefs reads the definitions of the tables keep accepts, in the
+// catalog's order; with onlyTable set, of onlyDB.onlyTable alone.
+func readDefs(ctx context.Context, db *sql.DB, charsets map[string]int, keep func(db, table string) bool, onlyDB, onlyTable string) ([]*tableDef, error) {
+	where := "TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
+	var args []any
+	if onlyTable != "" {
+		where += " AND TABLE_SCHEMA = ? AND TABLE_NAME = ?"
+		args = []any{onlyDB, onlyTable}
+	}
 	defs := map[string]*tableDef{}
 	var order []string
-	rows, err := db.QueryContext(ctx, "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND "+notSystem)
+	rows, err := db.QueryContext(ctx, "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND "+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("databus: mysql: read catalog: %w", err)
 	}
@@ -294,7 +320,7 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 			rows.Close()
 			return nil, fmt.Errorf("databus: mysql: read catalog: %w", err)
 		}
-		if f.match(d.db, d.table) {
+		if keep(d.db, d.table) {
 			defs[d.name()] = &d
 			order = append(order, d.name())
 		}
@@ -307,8 +333,8 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 		return nil, nil
 	}
 	rows, err = db.QueryContext(ctx, "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, "+
-		"CHARACTER_OCTET_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, COLUMN_KEY FROM information_schema.COLUMNS WHERE "+notSystem+
-		" ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION")
+		"CHARACTER_OCTET_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, COLUMN_KEY, COLLATION_NAME, EXTRA FROM information_schema.COLUMNS WHERE "+where+
+		" ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION", args...)
 	if err != nil {
 		return nil, fmt.Errorf("databus: mysql: read catalog: %w", err)
 	}
@@ -316,9 +342,9 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 	for rows.Next() {
 		var dbName, table, key, nullable string
 		var cc catalogColumn
-		var cs sql.NullString
+		var cs, coll, extra sql.NullString
 		var octets, prec, scale, fsp sql.NullInt64
-		if err := rows.Scan(&dbName, &table, &cc.name, &cc.dataType, &cc.columnType, &nullable, &cs, &octets, &prec, &scale, &fsp, &key); err != nil {
+		if err := rows.Scan(&dbName, &table, &cc.name, &cc.dataType, &cc.columnType, &nullable, &cs, &octets, &prec, &scale, &fsp, &key, &coll, &extra); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("databus: mysql: read catalog: %w", err)
 		}
@@ -333,6 +359,7 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 			rows.Close()
 			return nil, fmt.Errorf("%w (table %s)", err, d.name())
 		}
+		c.cat = catalogFacts{dataType: strings.ToLower(cc.dataType), collation: coll.String, extra: strings.ToLower(extra.String)}
 		d.cols = append(d.cols, c)
 		if key == "PRI" {
 			pri[d.name()] = append(pri[d.name()], cc.name)
@@ -346,7 +373,7 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 	// key (the one whose columns information_schema marks PRI), in index
 	// order, as the table map's primary-key metadata lists it.
 	rows, err = db.QueryContext(ctx, "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE NON_UNIQUE = 0 AND "+
-		notSystem+" ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX")
+		where+" ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX", args...)
 	if err != nil {
 		return nil, fmt.Errorf("databus: mysql: read catalog: %w", err)
 	}
@@ -403,6 +430,7 @@ func readCatalog(ctx context.Context, db *sql.DB, f *filter, charsets map[string
 					}
 				}
 			}
+			d.keyIndex = idx
 			break
 		}
 		d.fillKey()

@@ -61,6 +61,18 @@ type colDef struct {
 	cs       charset
 	values   []string // ENUM/SET labels, in definition order
 	geom     int      // geometry type code (0 geometry, 1 point, ...)
+	// cat holds what only the catalog knows; it is zero in a colDef built
+	// from a table map, and no part of the definition's identity.
+	cat catalogFacts
+}
+
+// catalogFacts are information_schema facts about a column that the table
+// map does not carry: what the ChunkReader needs to read the column with
+// SELECT and to order by it.
+type catalogFacts struct {
+	dataType  string // DATA_TYPE, lower case ("uuid" where the table map says binary(16))
+	collation string // COLLATION_NAME, "" for non-text columns
+	extra     string // EXTRA, lower case ("virtual generated", ...)
 }
 
 var geometryNames = []string{"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon", "geometrycollection"}
@@ -209,6 +221,10 @@ type tableDef struct {
 	// key holds the indexes of the key columns in key order. Invariant:
 	// non-empty; a table without a primary key uses every column.
 	key []int
+	// keyIndex is the name of the index whose columns are key, when read
+	// from the catalog; "" when the key is the whole row (no primary key
+	// nor promoted unique key) or the definition comes from a table map.
+	keyIndex string
 }
 
 func (d *tableDef) name() string { return d.db + "." + d.table }

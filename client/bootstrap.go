@@ -35,9 +35,10 @@ type BootstrapHandler interface {
 
 // BootstrapInfo describes a bootstrap.
 type BootstrapInfo struct {
-	// Snapshot: the bootstrap began with a snapshot at StartSCN. When it is
-	// false the client only catches up on the log from StartSCN, its
-	// checkpoint when it fell off the relays.
+	// Snapshot: the bootstrap begins (OnBootstrapStart) with a snapshot at
+	// StartSCN; when it is false the client only catches up on the log from
+	// StartSCN, its checkpoint when it fell off the relays. In
+	// OnBootstrapEnd it says whether the snapshot delivered any row.
 	Snapshot bool
 	// Resumed: Run is continuing a bootstrap an earlier Run (or process)
 	// began; the snapshot rows delivered before are not delivered again.
@@ -69,6 +70,16 @@ type bootState struct {
 	start, target, total uint64
 	rows                 atomic.Uint64
 	started              time.Time
+}
+
+// setOnline records that the client streams from the relays, keeping the
+// figures of the last bootstrap.
+func (c *Client) setOnline() {
+	c.boot.mu.Lock()
+	defer c.boot.mu.Unlock()
+	if c.boot.phase != PhaseOnline {
+		c.boot.phase, c.boot.started = PhaseOnline, time.Now()
+	}
 }
 
 func (c *Client) setPhase(phase string, start, target, total uint64) {
@@ -236,14 +247,14 @@ func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint) (chec
 		}
 		return c.Checkpoint(), err
 	}
-	bi := BootstrapInfo{Snapshot: b.Rows > 0 || b.StartSCN != cp.SCN, StartSCN: b.StartSCN, TargetSCN: b.TargetSCN, Rows: b.Rows, Store: b.Store}
+	bi := BootstrapInfo{Snapshot: b.Rows > 0, StartSCN: b.StartSCN, TargetSCN: b.TargetSCN, Rows: b.Rows, Store: b.Store}
 	if err := c.bootstrapCallback(ctx, false, bi); err != nil {
 		return c.Checkpoint(), err
 	}
 	cp = checkpoint.At(b.TargetSCN)
 	c.setCheckpoint(cp)
 	c.saveCheckpoint(ctx, cp)
-	c.setPhase(PhaseOnline, 0, 0, 0)
+	c.setPhase(PhaseOnline, b.StartSCN, b.TargetSCN, 0)
 	c.cfg.logger.Info("databus: bootstrap done; back to the relays", "scn", b.TargetSCN)
 	return cp, nil
 }

@@ -138,7 +138,7 @@ func (c *Client) Run(ctx context.Context) error {
 				return err
 			}
 		}
-		c.setPhase(PhaseOnline, 0, 0, 0)
+		c.setOnline()
 		err = c.runOnline(ctx, cp.SCN)
 		var nh *SCNNotHeldError
 		if !errors.As(err, &nh) || len(c.cfg.bootstraps) == 0 {

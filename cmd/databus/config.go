@@ -42,9 +42,13 @@ import (
 //
 // ${NAME} anywhere in the file is replaced by the environment variable NAME
 // (an unset variable is an error), so secrets stay out of the file.
+//
+// `databus bootstrap --config` reads the same file: its bootstrap section,
+// and its source section when seeding (see bootstrapConfig).
 type fileConfig struct {
-	Relay  relay.Config `yaml:"relay"`
-	Source sourceConfig `yaml:"source"`
+	Relay     relay.Config     `yaml:"relay"`
+	Source    sourceConfig     `yaml:"source"`
+	Bootstrap *bootstrapConfig `yaml:"bootstrap"`
 }
 
 // sourceConfig holds exactly one physical source.
@@ -80,8 +84,17 @@ func expandEnv(b []byte) ([]byte, error) {
 	return out, missing
 }
 
-// loadConfig reads, expands and strictly decodes path, then validates it.
-func loadConfig(path string) (*fileConfig, error) {
+// Which part of a configuration file a command runs.
+type role int
+
+const (
+	roleRelay role = iota
+	roleBootstrap
+)
+
+// loadConfig reads, expands and strictly decodes path, then validates the
+// part of it that r needs.
+func loadConfig(path string, r role) (*fileConfig, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -97,7 +110,11 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err := d.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if err := c.validate(); err != nil {
+	validate := c.validate
+	if r == roleBootstrap {
+		validate = c.validateBootstrap
+	}
+	if err := validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return &c, nil
@@ -107,6 +124,11 @@ func (c *fileConfig) validate() error {
 	if err := c.Relay.Validate(); err != nil {
 		return err
 	}
+	return c.validateSource()
+}
+
+// validateSource checks the source section, which must hold one source.
+func (c *fileConfig) validateSource() error {
 	switch {
 	case c.Source.count() > 1:
 		return errors.New("source: configure exactly one of source.sqlite, source.mysql and source.postgres")

@@ -27,6 +27,7 @@ type demoOptions struct {
 	listen   string
 	rate     float64
 	duration time.Duration
+	initial  int
 }
 
 func newDemoCmd() *cobra.Command {
@@ -34,9 +35,12 @@ func newDemoCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Create a sample SQLite database, capture it, write changes and show them streaming",
-		Long: `Creates a SQLite database with sample tables, starts a relay on it, writes a
-stream of sample changes and prints them as they arrive (JSON lines on stdout).
-The relay keeps serving until you stop the demo, so you can curl it, tail it
+		Long: `Creates a SQLite database with sample tables, starts a relay on it and a
+bootstrap service fed by the relay, inserts a first batch of rows (more than
+the relay's deliberately small buffer holds), then writes a stream of sample
+changes. It prints the full history as it arrives (JSON lines on stdout): a
+bootstrap snapshot, with a progress line on stderr, then the live stream.
+Everything keeps serving until you stop the demo, so you can curl it, tail it
 from another terminal, or write to the database with any SQLite client.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -52,6 +56,7 @@ from another terminal, or write to the database with any SQLite client.`,
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "relay address; a free port is used when this one is taken")
 	f.Float64Var(&o.rate, "rate", 2, "sample transactions per second (0: write nothing)")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	f.IntVar(&o.initial, "initial-rows", 20000, "people to insert at the start, more than the relay's small buffer holds, so that a tail from the start bootstraps")
 	return cmd
 }
 
@@ -109,7 +114,9 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(relay.Config{Listen: listen, StateDir: filepath.Join(dir, "state")}, src, log, prometheus.NewRegistry())
+	// A buffer far smaller than the initial rows: a consumer from the start
+	// has to bootstrap, which is what the demo shows.
+	r, err := relay.New(relay.Config{Listen: listen, StateDir: filepath.Join(dir, "state"), Buffer: relay.BufferConfig{MaxBytes: 1 << 20}}, src, log, prometheus.NewRegistry())
 	if err != nil {
 		src.Close()
 		return err
@@ -131,19 +138,42 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, o demoOptions) error
 		wg.Wait()
 		return firstError(errs, err)
 	}
+	bootURL := make(chan string, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := runBootstrap(ctx, demoBootstrap(dir, url), log, prometheus.NewRegistry(), func(u string) { bootURL <- u })
+		if err != nil && ctx.Err() == nil {
+			errs <- fmt.Errorf("bootstrap: %w", err)
+		}
+		cancel()
+	}()
+	var boot string
+	select {
+	case boot = <-bootURL:
+	case <-ctx.Done():
+		wg.Wait()
+		return firstError(errs, nil)
+	}
 	fmt.Fprintf(stderr, `
 databus demo
-  database  %s   (tables person, orders)
-  relay     %s
+  database   %s   (tables person, orders)
+  relay      %s   (buffer 1 MiB)
+  bootstrap  %s   (store %s)
   try, in another terminal:
     curl %s/v1/sources
     curl '%s/v1/stream?checkpoint={"v":1,"mode":"online","scn":0}&format=json&wait=0s'
-    go run ./cmd/databus tail --relay %s --from-start --sources main.person
+    go run ./cmd/databus tail --relay %s --bootstrap %s --from-start --sources main.person
     sqlite3 %s "INSERT INTO person(name, email) VALUES ('you', 'you@example.com')"
-  every change below was captured from the database's change log and streamed by the relay.
-  Ctrl-C stops the demo.
+  every change below was captured from the database's change log and streamed by the relay;
+  the first %d people come from the bootstrap snapshot. Ctrl-C stops the demo.
 
-`, dbPath, url, url, url, url, dbPath)
+`, dbPath, url, boot, filepath.Join(dir, "bootstrap.db"), url, url, url, boot, dbPath, o.initial)
+	if err := insertInitial(ctx, db, o.initial); err != nil {
+		cancel()
+		wg.Wait()
+		return firstError(errs, fmt.Errorf("initial rows: %w", err))
+	}
 
 	if o.rate > 0 {
 		wg.Add(1)
@@ -158,7 +188,7 @@ databus demo
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := runTail(ctx, stdout, tailOptions{relays: []string{url}, fromStart: true, windows: false})
+		err := runTail(ctx, stdout, tailOptions{relays: []string{url}, bootstraps: []string{boot}, fromStart: true, progress: stderr})
 		if err != nil && ctx.Err() == nil {
 			errs <- fmt.Errorf("tail: %w", err)
 			cancel()
@@ -195,6 +225,33 @@ func waitAddr(ctx context.Context, r *relay.Relay) (string, error) {
 		case <-t.C:
 		}
 	}
+}
+
+// insertInitial inserts n people in transactions of 1000.
+func insertInitial(ctx context.Context, db *sql.DB, n int) error {
+	for done := 0; done < n; {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO person(name, email, score, updated_at) VALUES (?, ?, ?, ?)`)
+		if err != nil {
+			tx.Rollback()
+			return err
+		}
+		now := time.Now().UTC().Format(time.RFC3339Nano)
+		for end := min(done+1000, n); done < end; done++ {
+			name := demoNames[done%len(demoNames)]
+			if _, err := stmt.ExecContext(ctx, name, fmt.Sprintf("%s%d@example.com", name, done), float64(done%100), now); err != nil {
+				tx.Rollback()
+				return err
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var demoNames = []string{"Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Edsger", "Radia"}

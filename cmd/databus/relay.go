@@ -22,7 +22,7 @@ func newRelayCmd() *cobra.Command {
 			if path == "" {
 				return usageError("relay needs --config FILE")
 			}
-			cfg, err := loadConfig(path)
+			cfg, err := loadConfig(path, roleRelay)
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,6 @@ func newRoot() *cobra.Command {
 		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})))
 		return nil
 	}
-	root.AddCommand(newRelayCmd(), newTailCmd(), newDemoCmd())
+	root.AddCommand(newRelayCmd(), newBootstrapCmd(), newTailCmd(), newDemoCmd())
 	return root
 }

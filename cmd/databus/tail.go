@@ -20,6 +20,7 @@ import (
 
 type tailOptions struct {
 	relays         []string
+	bootstraps     []string
 	fromStart      bool
 	fromNow        bool
 	checkpointFile string
@@ -27,6 +28,8 @@ type tailOptions struct {
 	partition      string
 	windows        bool
 	token          string
+	// progress receives bootstrap progress lines (nil: none).
+	progress io.Writer
 }
 
 func newTailCmd() *cobra.Command {
@@ -42,12 +45,14 @@ func newTailCmd() *cobra.Command {
 			if o.fromStart && o.fromNow {
 				return usageError("--from-start and --from-now exclude each other")
 			}
+			o.progress = cmd.ErrOrStderr()
 			return runTail(cmd.Context(), cmd.OutOrStdout(), o)
 		},
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&o.relays, "relay", []string{"http://127.0.0.1:8080"}, "relay URLs, tried in order on failure")
-	f.BoolVar(&o.fromStart, "from-start", false, "start from the oldest window the relay holds")
+	f.StringSliceVar(&o.bootstraps, "bootstrap", nil, "bootstrap server URLs: --from-start then reads the full history, and a tail that falls behind the relays catches up from them")
+	f.BoolVar(&o.fromStart, "from-start", false, "start from the oldest window the relay holds, or with --bootstrap from a snapshot of the full history")
 	f.BoolVar(&o.fromNow, "from-now", false, "start after the newest window (the default without a checkpoint)")
 	f.StringVar(&o.checkpointFile, "checkpoint-file", "", "persist the position here and resume from it")
 	f.StringSliceVar(&o.sources, "sources", nil, "only these sources (names, comma-separated)")
@@ -71,6 +76,9 @@ func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
 	if o.partition != "" {
 		opts = append(opts, client.WithPartition(o.partition))
 	}
+	if len(o.bootstraps) > 0 {
+		opts = append(opts, client.WithBootstrap(o.bootstraps...))
+	}
 	// Every flag is checked before the first request, so that a bad one is
 	// reported as itself rather than as an unreachable relay.
 	if _, err := client.New(o.relays, p, opts...); err != nil {
@@ -84,14 +92,85 @@ func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
 		return err
 	}
 	start := checkpoint.Start()
-	if !o.fromStart {
+	switch {
+	case o.fromStart && len(o.bootstraps) > 0:
+		start = checkpoint.FullHistory()
+	case !o.fromStart:
 		start = checkpoint.At(scn)
 	}
 	c, err := client.New(o.relays, p, append(opts, client.WithStart(start))...)
 	if err != nil {
 		return err
 	}
-	return c.Run(ctx)
+	if o.progress == nil {
+		return c.Run(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		reportProgress(ctx, o.progress, c)
+	}()
+	err = c.Run(ctx)
+	cancel()
+	<-done
+	return err
+}
+
+// reportProgress writes a progress line to w every second while c
+// bootstraps, and one when it is back online.
+func reportProgress(ctx context.Context, w io.Writer, c *client.Client) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var last time.Time
+	reported := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := c.Stats()
+		line := progressLine(st, time.Now())
+		switch {
+		case line != "" && time.Since(last) >= time.Second:
+			fmt.Fprintln(w, line)
+			last = time.Now()
+			fallthrough
+		case line != "":
+			reported = false
+		case !reported && st.Rows > 0:
+			// Back online after a bootstrap (however short).
+			fmt.Fprintf(w, "bootstrap: done: %d snapshot rows at scn %d; streaming from the relay from scn %d\n", st.Rows, st.StartSCN, st.Checkpoint)
+			reported = true
+		}
+	}
+}
+
+// progressLine describes a bootstrap in progress ("" when online).
+func progressLine(st client.Stats, now time.Time) string {
+	elapsed := now.Sub(st.PhaseStarted).Seconds()
+	switch st.Phase {
+	case client.PhaseSnapshot:
+		line := fmt.Sprintf("bootstrap: snapshot at scn %d: %d", st.StartSCN, st.Rows)
+		if st.RowsTotal > 0 {
+			line += fmt.Sprintf("/%d rows (%.0f%%)", st.RowsTotal, 100*float64(st.Rows)/float64(max(st.RowsTotal, st.Rows)))
+		} else {
+			line += " rows"
+		}
+		if elapsed > 0 && st.Rows > 0 {
+			rate := float64(st.Rows) / elapsed
+			line += fmt.Sprintf(", %.0f rows/s", rate)
+			if st.RowsTotal > st.Rows {
+				line += ", ETA " + time.Duration(float64(st.RowsTotal-st.Rows)/rate*float64(time.Second)).Round(time.Second).String()
+			}
+		}
+		return line
+	case client.PhaseCatchup:
+		return fmt.Sprintf("bootstrap: catching up from the log: scn %d of %d (from %d)", st.Checkpoint, st.TargetSCN, st.StartSCN)
+	}
+	return ""
 }
 
 // printer renders windows as JSON lines. Output is flushed at each window
@@ -109,7 +188,7 @@ func (p *printer) OnWindow(_ context.Context, win *client.Window) error {
 		p.line = eventjson.Append(p.line[:0], &ev, eventjson.Entry{Entry: e.Schema()})
 		p.w.Write(p.line)
 	}
-	if p.windows {
+	if p.windows && !win.Snapshot {
 		eow := event.EndOfWindow(win.SCN, win.Timestamp.UnixNano(), uint32(len(win.Events)), win.TxID)
 		p.line = eventjson.Append(p.line[:0], &eow, nil)
 		p.w.Write(p.line)

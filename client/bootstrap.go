@@ -255,6 +255,7 @@ func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint) (chec
 	c.setCheckpoint(cp)
 	c.saveCheckpoint(ctx, cp)
 	c.setPhase(PhaseOnline, b.StartSCN, b.TargetSCN, 0)
+	c.stats.bootstraps.Add(1)
 	c.cfg.logger.Info("databus: bootstrap done; back to the relays", "scn", b.TargetSCN)
 	return cp, nil
 }

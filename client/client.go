@@ -42,7 +42,7 @@ type Client struct {
 	stats struct {
 		windows, events, retries, bytes, requests atomic.Uint64
 		relayFailures, saves, saveErrors          atomic.Uint64
-		relayMaxSCN                               atomic.Uint64
+		relayMaxSCN, bootstraps                   atomic.Uint64
 	}
 }
 
@@ -260,6 +260,8 @@ type Stats struct {
 	Rows         uint64
 	RowsTotal    uint64
 	PhaseStarted time.Time
+	// Bootstraps counts the bootstraps completed (back online).
+	Bootstraps uint64
 }
 
 // Stats returns the client's counters.
@@ -283,6 +285,7 @@ func (c *Client) Stats() Stats {
 		s.Phase = PhaseOnline
 	}
 	s.Rows = c.boot.rows.Load()
+	s.Bootstraps = c.stats.bootstraps.Load()
 	if s.RelayMaxSCN > s.Checkpoint {
 		s.LagSCN = s.RelayMaxSCN - s.Checkpoint
 	}

@@ -119,31 +119,32 @@ func runTail(ctx context.Context, out io.Writer, o tailOptions) error {
 }
 
 // reportProgress writes a progress line to w every second while c
-// bootstraps, and one when it is back online.
+// bootstraps, and one when it is back online (also when Run ends first).
 func reportProgress(ctx context.Context, w io.Writer, c *client.Client) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	var last time.Time
-	reported := false
+	var (
+		last time.Time
+		done uint64 // bootstraps reported
+	)
 	for {
+		stopping := false
 		select {
 		case <-ctx.Done():
-			return
+			stopping = true
 		case <-t.C:
 		}
 		st := c.Stats()
-		line := progressLine(st, time.Now())
-		switch {
-		case line != "" && time.Since(last) >= time.Second:
+		if line := progressLine(st, time.Now()); line != "" && time.Since(last) >= time.Second && !stopping {
 			fmt.Fprintln(w, line)
 			last = time.Now()
-			fallthrough
-		case line != "":
-			reported = false
-		case !reported && st.Rows > 0:
-			// Back online after a bootstrap (however short).
-			fmt.Fprintf(w, "bootstrap: done: %d snapshot rows at scn %d; streaming from the relay from scn %d\n", st.Rows, st.StartSCN, st.Checkpoint)
-			reported = true
+		}
+		if st.Bootstraps > done {
+			done = st.Bootstraps
+			fmt.Fprintf(w, "bootstrap: done: %d snapshot rows at scn %d, caught up to scn %d; streaming from the relay\n", st.Rows, st.StartSCN, st.TargetSCN)
+		}
+		if stopping {
+			return
 		}
 	}
 }

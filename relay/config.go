@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/databus-go/databus/internal/httpapi"
 	"github.com/databus-go/databus/secret"
 )
 
@@ -111,12 +111,8 @@ var ErrConfig = errors.New("databus: invalid relay configuration")
 // it is spelled in YAML.
 func (c Config) Validate() error {
 	c = c.WithDefaults()
-	_, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		return fmt.Errorf("%w: listen %q: want host:port (%v)", ErrConfig, c.Listen, err)
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("%w: listen %q: port %q must be a number in [0, 65535]", ErrConfig, c.Listen, port)
+	if err := httpapi.CheckListen(c.Listen); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if c.StateDir == "" {
 		return fmt.Errorf("%w: stateDir is required: the directory where the relay persists its capture position", ErrConfig)

@@ -1,17 +1,16 @@
 package relay
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/databus-go/databus/internal/httpapi"
 	"github.com/databus-go/databus/schema"
 )
 
@@ -51,22 +50,9 @@ func (r *Relay) writeError(w http.ResponseWriter, e *apiError) {
 	h := w.Header()
 	h.Del("Content-Length")
 	h.Set("Cache-Control", "no-store")
-	writeJSON(w, e.status, struct {
+	httpapi.WriteJSON(w, e.status, struct {
 		Error *apiError `json:"error"`
 	}{e})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, `{"error":{"code":"internal","message":"encoding the response failed"}}`, http.StatusInternalServerError)
-		return
-	}
-	b = append(b, '\n')
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	w.Write(b)
 }
 
 func (r *Relay) routes() http.Handler {
@@ -109,8 +95,7 @@ func (r *Relay) auth(h http.Handler) http.Handler {
 	}
 	want := []byte(r.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		scheme, tok, _ := strings.Cut(req.Header.Get("Authorization"), " ")
-		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), want) != 1 {
+		if !httpapi.Bearer(req, want) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="databus"`)
 			r.writeError(w, &apiError{status: http.StatusUnauthorized, Code: codeUnauthorized,
 				Message: "this relay needs the header Authorization: Bearer <token>, with the relay's token"})
@@ -132,7 +117,7 @@ func (r *Relay) handleSources(w http.ResponseWriter, req *http.Request) {
 	for _, e := range r.reg.Latests() {
 		out = append(out, sourceJSON{ID: e.ID, Name: e.Name, SchemaVersion: e.Version, Key: e.Key})
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 type schemaJSON struct {
@@ -167,7 +152,7 @@ func (r *Relay) handleSchemas(w http.ResponseWriter, req *http.Request) {
 			out = append(out, schemaJSON{Table: e.Table, Avro: e.AvroSchema()})
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 type bufferJSON struct {
@@ -198,7 +183,7 @@ func (r *Relay) bufferInfo() bufferJSON {
 }
 
 func (r *Relay) handleBuffer(w http.ResponseWriter, req *http.Request) {
-	writeJSON(w, http.StatusOK, r.bufferInfo())
+	httpapi.WriteJSON(w, http.StatusOK, r.bufferInfo())
 }
 
 func (r *Relay) handleHealth(w http.ResponseWriter, req *http.Request) {
@@ -208,7 +193,7 @@ func (r *Relay) handleHealth(w http.ResponseWriter, req *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, status, h)
+	httpapi.WriteJSON(w, status, h)
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{

@@ -3,10 +3,9 @@ package server
 import (
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 	"strings"
 
+	"github.com/databus-go/databus/internal/httpapi"
 	"github.com/databus-go/databus/secret"
 )
 
@@ -71,12 +70,8 @@ var ErrConfig = errors.New("databus: invalid bootstrap server configuration")
 // it is spelled in YAML.
 func (c Config) Validate() error {
 	c = c.WithDefaults()
-	_, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		return fmt.Errorf("%w: listen %q: want host:port (%v)", ErrConfig, c.Listen, err)
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("%w: listen %q: port %q must be a number in [0, 65535]", ErrConfig, c.Listen, port)
+	if err := httpapi.CheckListen(c.Listen); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if c.MaxBytes < MinMaxBytes || c.MaxBytes > MaxMaxBytes {
 		return fmt.Errorf("%w: maxBytes %d is out of range; want %d..%d", ErrConfig, c.MaxBytes, MinMaxBytes, MaxMaxBytes)

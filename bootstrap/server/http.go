@@ -3,7 +3,6 @@ package server
 import (
 	"cmp"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/databus-go/databus/internal/httpapi"
 	"github.com/databus-go/databus/schema"
 )
 
@@ -92,22 +92,9 @@ func (s *Server) writeError(w http.ResponseWriter, e *apiError) {
 	h := w.Header()
 	h.Del("Content-Length")
 	h.Set("Cache-Control", "no-store")
-	writeJSON(w, e.status, struct {
+	httpapi.WriteJSON(w, e.status, struct {
 		Error *apiError `json:"error"`
 	}{e})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, `{"error":{"code":"internal","message":"encoding the response failed"}}`, http.StatusInternalServerError)
-		return
-	}
-	b = append(b, '\n')
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	w.Write(b)
 }
 
 func (s *Server) routes(gatherer prometheus.Gatherer) http.Handler {
@@ -163,8 +150,7 @@ func (s *Server) auth(h http.Handler) http.Handler {
 	}
 	want := []byte(s.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		scheme, tok, _ := strings.Cut(req.Header.Get("Authorization"), " ")
-		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), want) != 1 {
+		if !httpapi.Bearer(req, want) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="databus"`)
 			s.writeError(w, &apiError{status: http.StatusUnauthorized, Code: codeUnauthorized,
 				Message: "this bootstrap server needs the header Authorization: Bearer <token>, with the server's token"})
@@ -380,7 +366,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, req *http.Request) {
 		info.HeadTime = formatTime(time.Unix(0, st.HeadTime))
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, info)
+	httpapi.WriteJSON(w, http.StatusOK, info)
 }
 
 type schemaJSON struct {
@@ -421,7 +407,7 @@ func (s *Server) handleSchemas(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 type healthJSON struct {
@@ -438,10 +424,10 @@ func (s *Server) handleHealth(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	st, err := s.st.State(ctx)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, healthJSON{Status: "error", Error: err.Error()})
+		httpapi.WriteJSON(w, http.StatusServiceUnavailable, healthJSON{Status: "error", Error: err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, healthJSON{Status: "ok", Store: st.ID, HeadSCN: st.Head})
+	httpapi.WriteJSON(w, http.StatusOK, healthJSON{Status: "ok", Store: st.ID, HeadSCN: st.Head})
 }
 
 type seedStartedJSON struct {
@@ -488,7 +474,7 @@ func (s *Server) handleSeed(w http.ResponseWriter, req *http.Request) {
 	}
 	s.log.Info("seed started", "table", table, "run", run)
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusAccepted, seedStartedJSON{Table: table, Run: run})
+	httpapi.WriteJSON(w, http.StatusAccepted, seedStartedJSON{Table: table, Run: run})
 }
 
 var statusPage = template.Must(template.New("status").Parse(`<!doctype html>

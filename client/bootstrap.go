@@ -29,7 +29,9 @@ type BootstrapHandler interface {
 	// made: a handler that materialises rows must discard them now.
 	OnBootstrapStart(ctx context.Context, b BootstrapInfo) error
 	// OnBootstrapEnd is called when the catch-up has delivered every window
-	// up to b.TargetSCN, before the client returns to the relays.
+	// up to b.TargetSCN, before the client returns to the relays. While the
+	// bootstrap service is seeding a table, the catch-up goes on until the
+	// seed is done: seeded rows are only in the bootstrap log.
 	OnBootstrapEnd(ctx context.Context, b BootstrapInfo) error
 }
 
@@ -97,6 +99,19 @@ type serverInfo struct {
 	HeadSCN      uint64 `json:"headScn"`
 	LowWatermark uint64 `json:"lowWatermark"`
 	Rows         uint64 `json:"rows"`
+	Seeds        []struct {
+		Done bool `json:"done"`
+	} `json:"seeds"`
+}
+
+// seeding reports whether a seed has rows still to copy into the log.
+func (i *serverInfo) seeding() bool {
+	for _, s := range i.Seeds {
+		if !s.Done {
+			return true
+		}
+	}
+	return false
 }
 
 func catchupAt(scn uint64, b checkpoint.Bootstrap) checkpoint.Checkpoint {
@@ -235,17 +250,55 @@ func (c *Client) runSnapshot(ctx context.Context, cp checkpoint.Checkpoint) (che
 // at the target.
 func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint) (checkpoint.Checkpoint, error) {
 	b := *cp.Bootstrap
-	c.setPhase(PhaseCatchup, b.StartSCN, b.TargetSCN, 0)
-	p := c.bootPuller(cp.SCN)
-	p.catchup = &b
-	k := newCore(cp.SCN, c.cfg.retryAttempts, c.cfg.every)
-	err := c.runPhase(ctx, k, p.run)
-	if !errors.Is(err, errCaughtUp) {
-		if restartable(err) {
-			c.cfg.logger.Warn("databus: the bootstrap catch-up cannot go on; starting a new snapshot", "err", err)
+	settled := false // the last look at the server saw no seed running
+	for idle := 0; ; {
+		c.setPhase(PhaseCatchup, b.StartSCN, b.TargetSCN, 0)
+		p := c.bootPuller(cp.SCN)
+		p.catchup = &b
+		k := newCore(cp.SCN, c.cfg.retryAttempts, c.cfg.every)
+		err := c.runPhase(ctx, k, p.run)
+		if !errors.Is(err, errCaughtUp) {
+			if restartable(err) {
+				c.cfg.logger.Warn("databus: the bootstrap catch-up cannot go on; starting a new snapshot", "err", err)
+				return checkpoint.FullHistory(), nil
+			}
+			return c.Checkpoint(), err
+		}
+		// Rows a seed copies reach only the bootstrap log, never the
+		// relays: while a seed is unfinished the consumer stays on the
+		// log, catching up to its new head, so that it misses none.
+		info, err := c.info(ctx, false)
+		if err != nil {
+			return c.Checkpoint(), err
+		}
+		if info.Store != b.Store {
+			c.cfg.logger.Warn("databus: the bootstrap store changed during the catch-up; starting a new snapshot", "store", info.Store, "was", b.Store)
 			return checkpoint.FullHistory(), nil
 		}
-		return c.Checkpoint(), err
+		if !info.seeding() {
+			// A seed's last rows are in its last high-watermark window, at
+			// or before the head that shows it done: catch up to that
+			// head, then return to the relays.
+			if info.HeadSCN <= b.TargetSCN || settled {
+				break
+			}
+			settled = true
+		} else {
+			settled = false
+		}
+		cp = catchupAt(b.TargetSCN, b)
+		if info.HeadSCN > b.TargetSCN {
+			idle = 0
+			b.TargetSCN = info.HeadSCN
+			cp = catchupAt(cp.SCN, b)
+			c.setCheckpoint(cp)
+			continue
+		}
+		idle++
+		c.cfg.logger.Info("databus: a seed is running: waiting for it on the bootstrap log", "scn", b.TargetSCN)
+		if err := sleep(ctx, backoff(idle, c.cfg.relayMin, seedPoll, jitter())); err != nil {
+			return c.Checkpoint(), err
+		}
 	}
 	bi := BootstrapInfo{Snapshot: b.Rows > 0, StartSCN: b.StartSCN, TargetSCN: b.TargetSCN, Rows: b.Rows, Store: b.Store}
 	if err := c.bootstrapCallback(ctx, false, bi); err != nil {
@@ -259,6 +312,9 @@ func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint) (chec
 	c.cfg.logger.Info("databus: bootstrap done; back to the relays", "scn", b.TargetSCN)
 	return cp, nil
 }
+
+// seedPoll bounds the wait between two looks at a running seed.
+const seedPoll = time.Second
 
 // bootPuller is a puller over the bootstrap servers.
 func (c *Client) bootPuller(after uint64) *puller {

@@ -412,3 +412,77 @@ func TestBootstrapCheckpointWithoutServer(t *testing.T) {
 		t.Fatalf("New with a bootstrap start and no server = %v, want ErrNotOnline", err)
 	}
 }
+
+func TestBootstrapStaysOnTheLogWhileASeedRuns(t *testing.T) {
+	h := newHistory(t, 60, 7)
+	env := newBootEnv(t, h, 0, 40)
+	relay := relayFrom(t, h, 1)
+	// A seed copies row 5000 into the log only (window 405, between two
+	// relay windows), and is still running.
+	c1 := codecOf(t, personV1())
+	p, err := c1.Encode(map[string]any{"id": int64(5000), "name": "seeded"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeded := event.Event{Kind: event.KindData, Op: event.OpInsert, SCN: 405, Timestamp: 405e6, Source: 1, SchemaVersion: 1,
+		Key: event.AppendKeyInt(nil, 5000), Payload: p}
+	fw := window(t, 405, seeded)
+	var frames []byte
+	for _, f := range fw.frames {
+		frames = append(frames, f...)
+	}
+	run := store.SeedProgress{Table: "demo.person", Run: "r1", Started: time.Now(), Updated: time.Now()}
+	env.mu.Lock()
+	err = env.st.Apply(context.Background(), &store.Batch{After: 400, Seeds: []store.SeedProgress{run},
+		Windows: []store.Window{{SCN: 405, Timestamp: 405e6, Frames: frames,
+			Rows: []store.Row{{Source: 1, Key: seeded.Key, SCN: 405, Op: store.RowUpsert, Frame: mustFrame(t, seeded)}}}}})
+	env.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	m := newMaterializer(nil)
+	c := newClient(t, []string{relay.URL()}, m, WithBootstrap(env.srv.URL), WithStart(checkpoint.FullHistory()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; stats %+v", what, c.Stats())
+			}
+		}
+	}
+	waitUntil("the catch-up to reach the seeded window", func() bool { return c.Checkpoint().SCN >= 405 })
+	time.Sleep(100 * time.Millisecond)
+	if st := c.Stats(); st.Phase != PhaseCatchup {
+		t.Fatalf("phase %q while a seed runs, want %q: the relays do not have the seeded rows", st.Phase, PhaseCatchup)
+	}
+	// The producer goes on, then the seed ends.
+	env.mu.Lock()
+	err = env.st.Apply(context.Background(), &store.Batch{After: 405, Windows: h.sw[40:45]})
+	env.head = 45
+	env.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run.Done = true
+	if err := env.st.Apply(context.Background(), &store.Batch{After: 450, Seeds: []store.SeedProgress{run}}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("the client to go online and reach the relay's last window", func() bool {
+		return c.Stats().Phase == PhaseOnline && c.Checkpoint().SCN >= 600
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	want := maps.Clone(h.stateAt(600))
+	want[5000] = "seeded"
+	m.equal(t, want)
+	if len(m.ends) != 1 || m.ends[0].TargetSCN < 450 {
+		t.Errorf("OnBootstrapEnd calls %+v, want one at target 450 or later: the head when the seed was done", m.ends)
+	}
+}

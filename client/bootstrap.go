@@ -134,15 +134,19 @@ func (c *Client) filterValues() url.Values {
 // online one the relays no longer hold) back to an online checkpoint,
 // phase by phase; every phase persists its progress, so a Run killed at
 // any point resumes where it stopped.
-func (c *Client) runBootstrap(ctx context.Context, cp checkpoint.Checkpoint) (checkpoint.Checkpoint, error) {
+//
+// resumed says that cp was loaded at the start of Run: a catch-up it names
+// was begun by an earlier Run, whose OnBootstrapStart the handler heard.
+func (c *Client) runBootstrap(ctx context.Context, cp checkpoint.Checkpoint, resumed bool) (checkpoint.Checkpoint, error) {
 	for cp.Mode != checkpoint.Online {
 		var err error
 		switch cp.Mode {
 		case checkpoint.BootstrapSnapshot:
 			cp, err = c.runSnapshot(ctx, cp)
 		case checkpoint.BootstrapCatchup:
-			cp, err = c.runCatchup(ctx, cp)
+			cp, err = c.runCatchup(ctx, cp, resumed)
 		}
+		resumed = false
 		if err != nil {
 			return cp, err
 		}
@@ -248,8 +252,14 @@ func (c *Client) runSnapshot(ctx context.Context, cp checkpoint.Checkpoint) (che
 // runCatchup delivers the log windows after cp up to its target, then
 // tells the handler the bootstrap ended and returns the online checkpoint
 // at the target.
-func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint) (checkpoint.Checkpoint, error) {
+func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint, resumed bool) (checkpoint.Checkpoint, error) {
 	b := *cp.Bootstrap
+	if resumed {
+		bi := BootstrapInfo{Snapshot: b.Rows > 0, Resumed: true, StartSCN: b.StartSCN, TargetSCN: b.TargetSCN, Rows: b.Rows, Store: b.Store}
+		if err := c.bootstrapCallback(ctx, true, bi); err != nil {
+			return cp, err
+		}
+	}
 	settled := false // the last look at the server saw no seed running
 	for idle := 0; ; {
 		c.setPhase(PhaseCatchup, b.StartSCN, b.TargetSCN, 0)

@@ -286,11 +286,20 @@ func TestBootstrapCatchupOnlyWhenTheLogHoldsTheCheckpoint(t *testing.T) {
 	relay := relayFrom(t, h, 45)
 	// A consumer that processed window 20 and stopped; the relays moved on.
 	m := newMaterializer(h.stateAt(200))
-	c := newClient(t, []string{relay.URL()}, m, WithBootstrap(env.srv.URL), WithStart(checkpoint.At(200)))
+	cps := &recordingStore{}
+	c := newClient(t, []string{relay.URL()}, m, WithBootstrap(env.srv.URL), WithStart(checkpoint.At(200)), WithCheckpointStore(cps))
 	if err := runUntil(t, c, atSCN(c, 600)); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
 	m.equal(t, h.stateAt(600))
+	// Every checkpoint saved inside the catch-up is a catch-up one: a
+	// consumer stopped there must resume its bootstrap, not go online
+	// before the target.
+	for _, cp := range cps.all() {
+		if cp.Mode == checkpoint.Online && cp.SCN > 200 && cp.SCN < 500 {
+			t.Errorf("online checkpoint %s saved inside the catch-up to 500", cp)
+		}
+	}
 	if len(m.starts) != 1 || m.starts[0].Snapshot || m.starts[0].StartSCN != 200 || m.starts[0].TargetSCN != 500 {
 		t.Errorf("OnBootstrapStart calls: %+v, want one catch-up from 200 to 500", m.starts)
 	}
@@ -485,4 +494,24 @@ func TestBootstrapStaysOnTheLogWhileASeedRuns(t *testing.T) {
 	if len(m.ends) != 1 || m.ends[0].TargetSCN < 450 {
 		t.Errorf("OnBootstrapEnd calls %+v, want one at target 450 or later: the head when the seed was done", m.ends)
 	}
+}
+
+// recordingStore is a MemoryStore that keeps every checkpoint saved.
+type recordingStore struct {
+	MemoryStore
+	mu    sync.Mutex
+	saved []checkpoint.Checkpoint
+}
+
+func (s *recordingStore) Save(ctx context.Context, cp checkpoint.Checkpoint) error {
+	s.mu.Lock()
+	s.saved = append(s.saved, cp)
+	s.mu.Unlock()
+	return s.MemoryStore.Save(ctx, cp)
+}
+
+func (s *recordingStore) all() []checkpoint.Checkpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]checkpoint.Checkpoint(nil), s.saved...)
 }

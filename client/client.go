@@ -130,14 +130,16 @@ func (c *Client) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	c.cfg.logger.Info("databus: client starting", "checkpoint", cp.String(), "stored", found, "relays", c.relays, "bootstrap", c.cfg.bootstraps)
 	lastFallOff, fallOffs := uint64(0), 0
+	resumed := true
 	for {
 		if cp.Mode != checkpoint.Online {
-			cp, err = c.runBootstrap(ctx, cp)
+			cp, err = c.runBootstrap(ctx, cp, resumed)
 			if err != nil {
 				c.cfg.logger.Info("databus: client stopped", "checkpoint", c.Checkpoint().String(), "err", err)
 				return err
 			}
 		}
+		resumed = false
 		c.setOnline()
 		err = c.runOnline(ctx, cp.SCN)
 		var nh *SCNNotHeldError

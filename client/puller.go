@@ -143,7 +143,7 @@ func (p *puller) pull(ctx context.Context, relay string, send func(item) bool) e
 		return err
 	}
 	ws, n, err := p.dec.decode(body, false)
-	if !sendAll(ws, send) {
+	if !p.sendAll(ws, send) {
 		return ctx.Err()
 	}
 	if usErr := (*unknownSchemaError)(nil); errors.As(err, &usErr) {
@@ -152,7 +152,7 @@ func (p *puller) pull(ctx context.Context, relay string, send func(item) bool) e
 			return ferr
 		}
 		ws, _, err = p.dec.decode(body[n:], true)
-		if !sendAll(ws, send) {
+		if !p.sendAll(ws, send) {
 			return ctx.Err()
 		}
 	}
@@ -171,8 +171,14 @@ func (p *puller) pull(ctx context.Context, relay string, send func(item) bool) e
 	return nil
 }
 
-func sendAll(ws []*Window, send func(item) bool) bool {
+// sendAll sends windows in order; during a catch-up each carries the
+// catch-up checkpoint after it, so that a consumer stopped there resumes
+// its bootstrap rather than going online before the target.
+func (p *puller) sendAll(ws []*Window, send func(item) bool) bool {
 	for _, w := range ws {
+		if p.catchup != nil {
+			w.cp = catchupAt(w.SCN, *p.catchup)
+		}
 		if !send(item{w: w}) {
 			return false
 		}

@@ -356,8 +356,7 @@ func bootOnline(t *testing.T, c *running, h *bootCopy, d time.Duration) uint64 {
 	return target
 }
 
-// TestBootstrapAfter100kChanges: 100k changes (fewer with DATABUS_BOOT_CHANGES
-// detector, see bootChanges) go through a relay whose buffer holds a small
+// TestBootstrapAfter100kChanges: 100k changes (see bootChanges) go through a relay whose buffer holds a small
 // fraction of them, into the bootstrap store. A new consumer (full
 // history) reads a snapshot and the log after it from the bootstrap
 // server, then returns to the relay, while writes go on all the while; a

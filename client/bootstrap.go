@@ -175,8 +175,7 @@ func (c *Client) fallOff(ctx context.Context, scn uint64) (checkpoint.Checkpoint
 			if err := c.bootstrapCallback(ctx, true, BootstrapInfo{StartSCN: scn, TargetSCN: info.HeadSCN, Store: info.Store}); err != nil {
 				return checkpoint.At(scn), err
 			}
-			c.setCheckpoint(cp)
-			c.saveCheckpoint(ctx, cp)
+			c.advance(ctx, cp)
 			return cp, nil
 		}
 		// The store is behind the consumer: it will catch up with the relay.
@@ -209,8 +208,7 @@ func (c *Client) runSnapshot(ctx context.Context, cp checkpoint.Checkpoint) (che
 	if cp.IsNewBootstrap() {
 		cp = checkpoint.Checkpoint{V: checkpoint.Version, Mode: checkpoint.BootstrapSnapshot,
 			Bootstrap: &checkpoint.Bootstrap{StartSCN: info.HeadSCN, TargetSCN: info.HeadSCN, Store: info.Store}}
-		c.setCheckpoint(cp)
-		c.saveCheckpoint(ctx, cp)
+		c.advance(ctx, cp)
 		c.cfg.logger.Info("databus: bootstrap snapshot starting", "startScn", info.HeadSCN, "rows", info.Rows, "store", info.Store)
 	}
 	b := *cp.Bootstrap
@@ -243,8 +241,7 @@ func (c *Client) runSnapshot(ctx context.Context, cp checkpoint.Checkpoint) (che
 	b.Rows = done.Rows
 	b.After, b.TargetSCN = "", info.HeadSCN
 	cp = catchupAt(b.StartSCN, b)
-	c.setCheckpoint(cp)
-	c.saveCheckpoint(ctx, cp)
+	c.advance(ctx, cp)
 	c.cfg.logger.Info("databus: bootstrap snapshot done; catching up", "rows", b.Rows, "startScn", b.StartSCN, "targetScn", b.TargetSCN)
 	return cp, nil
 }
@@ -315,8 +312,7 @@ func (c *Client) runCatchup(ctx context.Context, cp checkpoint.Checkpoint, resum
 		return c.Checkpoint(), err
 	}
 	cp = checkpoint.At(b.TargetSCN)
-	c.setCheckpoint(cp)
-	c.saveCheckpoint(ctx, cp)
+	c.advance(ctx, cp)
 	c.setPhase(PhaseOnline, b.StartSCN, b.TargetSCN, 0)
 	c.stats.bootstraps.Add(1)
 	c.cfg.logger.Info("databus: bootstrap done; back to the relays", "scn", b.TargetSCN)
@@ -331,6 +327,14 @@ func (c *Client) bootPuller(after uint64) *puller {
 	p := newPuller(c, after)
 	p.servers = c.cfg.bootstraps
 	return p
+}
+
+// advance moves the client to checkpoint cp between two phases and saves
+// it; a failed save is logged and counted, and the phase goes on (as after
+// a window).
+func (c *Client) advance(ctx context.Context, cp checkpoint.Checkpoint) {
+	c.setCheckpoint(cp)
+	c.saveCheckpoint(ctx, cp)
 }
 
 func (c *Client) setCheckpoint(cp checkpoint.Checkpoint) {
@@ -514,7 +518,7 @@ func (sp *snapshotPuller) page(ctx context.Context, server string) (*Window, boo
 	sp.b.After = after
 	sp.b.Rows += uint64(len(evs))
 	b := sp.b
-	w := &Window{SCN: b.StartSCN, Snapshot: true, Events: evs, size: len(body), seq: sp.seq,
+	w := &Window{SCN: b.StartSCN, Snapshot: true, Events: evs, seq: sp.seq,
 		cp: checkpoint.Checkpoint{V: checkpoint.Version, Mode: checkpoint.BootstrapSnapshot, Bootstrap: &b}}
 	return w, done, nil
 }

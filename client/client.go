@@ -125,9 +125,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if cp.Mode != checkpoint.Online && len(c.cfg.bootstraps) == 0 {
 		return fmt.Errorf("%w (and no bootstrap server is configured, see WithBootstrap): %s", ErrNotOnline, cp)
 	}
-	c.mu.Lock()
-	c.cp = cp
-	c.mu.Unlock()
+	c.setCheckpoint(cp)
 	c.cfg.logger.Info("databus: client starting", "checkpoint", cp.String(), "stored", found, "relays", c.relays, "bootstrap", c.cfg.bootstraps)
 	lastFallOff, fallOffs := uint64(0), 0
 	resumed := true

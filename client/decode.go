@@ -106,7 +106,7 @@ func (d *windowDecoder) decodeWindow(b []byte, refreshed bool) (*Window, int, er
 		}
 	}
 
-	w := &Window{SCN: scn, size: size, frames: b[:size:size]}
+	w := &Window{SCN: scn, frames: b[:size:size]}
 	var evs []Event
 	if data > 0 {
 		evs = make([]Event, 0, data)

@@ -252,9 +252,7 @@ func (c *Client) committed(w *Window) {
 	if cp.Mode == "" {
 		cp = checkpoint.At(w.SCN)
 	}
-	c.mu.Lock()
-	c.cp = cp
-	c.mu.Unlock()
+	c.setCheckpoint(cp)
 	if w.Snapshot {
 		c.boot.rows.Store(cp.Bootstrap.Rows)
 	}

@@ -29,15 +29,13 @@ type Window struct {
 	// and it has no TxID and no Changes. See BootstrapHandler.
 	Snapshot bool
 
-	// size is the number of bytes of frames the window took on the wire.
-	size int
 	// seq orders snapshot pages for the dispatcher (1, 2, ...), as SCNs
 	// order other windows.
 	seq uint64
 	// cp is the checkpoint after the window, when it is not the online one
 	// at SCN (bootstrap phases).
 	cp checkpoint.Checkpoint
-	// frames are those bytes.
+	// frames are the window's bytes on the wire (nil for snapshot pages).
 	frames []byte
 }
 

@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -191,19 +190,13 @@ func (p *puller) sendAll(ws []*Window, send func(item) bool) bool {
 // use at all.
 func (p *puller) stream(ctx context.Context, relay string) (body []byte, readErr, err error) {
 	cfg := &p.c.cfg
-	v := url.Values{}
+	v := p.c.filterValues()
 	path := "/v1/stream?"
 	if b := p.catchup; b != nil {
 		path = "/v1/catchup?"
 		v.Set("checkpoint", catchupAt(p.dec.after, *b).String())
 	} else {
 		v.Set("checkpoint", checkpoint.At(p.dec.after).String())
-	}
-	if len(cfg.sources) > 0 {
-		v.Set("sources", strings.Join(cfg.sources, ","))
-	}
-	if cfg.partition != "" {
-		v.Set("partition", cfg.partition)
 	}
 	v.Set("maxBytes", strconv.Itoa(cfg.maxBytes))
 	if p.catchup == nil {

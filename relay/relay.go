@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/databus-go/databus/internal/httpapi"
 	"github.com/databus-go/databus/relay/buffer"
 	"github.com/databus-go/databus/schema"
 	"github.com/databus-go/databus/source"
@@ -23,9 +24,6 @@ import (
 
 // Timeouts of the HTTP server and of shutdown.
 const (
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	shutdownTimeout   = 5 * time.Second
 	// writeSlack is added to a stream request's wait to bound how long a
 	// response may take to write, so a stalled client cannot pin a
 	// connection (and the windows it is being sent) forever.
@@ -221,37 +219,18 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	r.log.Info("relay listening", "addr", r.addr, "bufferMaxBytes", r.cfg.Buffer.MaxBytes.String(),
 		"lowWatermark", r.start.LowWatermark.SCN, "maxScn", r.start.MaxSCN)
 
-	srv := &http.Server{
-		Handler:           r.handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
-	}
 	capCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { r.capture(capCtx, &wg) })
 	wg.Go(func() { r.housekeeping(capCtx) })
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }() // owned: Run always receives from served
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-served:
-	}
-	cancel()
-	close(r.closing)
-	r.buf.Close()
-	shCtx, done := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	if err := srv.Shutdown(shCtx); err != nil {
-		r.log.Warn("HTTP shutdown timed out; closing connections", "err", err)
-		srv.Close()
-	}
-	done()
-	if serveErr == nil {
-		serveErr = <-served
-	}
+	// Before the HTTP shutdown: stop capture, and end the long polls
+	// (they answer 503 unavailable).
+	serveErr := httpapi.Serve(ctx, ln, r.handler, r.log, func() {
+		cancel()
+		close(r.closing)
+		r.buf.Close()
+	})
 	wg.Wait()
 	r.stateMu.Lock()
 	r.persistLocked()
@@ -261,7 +240,7 @@ func (r *Relay) Run(ctx context.Context) (err error) {
 	if _, err := resetSpillDir(r.cfg.StateDir); err != nil {
 		r.log.Warn("removing spilled windows", "err", err)
 	}
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+	if serveErr != nil {
 		return fmt.Errorf("databus: relay: serve: %w", serveErr)
 	}
 	r.log.Info("relay stopped")

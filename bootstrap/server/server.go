@@ -14,13 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/databus-go/databus/bootstrap/store"
+	"github.com/databus-go/databus/internal/httpapi"
 )
 
 // Timeouts of the HTTP server.
 const (
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	shutdownTimeout   = 5 * time.Second
 	// writeSlack is how long one write of a response may take: the
 	// deadline moves with each chunk written, so a page takes as long as it
 	// needs while the client reads, and a stalled client cannot pin a
@@ -186,31 +184,8 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.log.Info("bootstrap server listening", "addr", s.addr, "auth", s.cfg.AuthToken != "", "seeding", s.seeder != nil)
 
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }() // owned: Run always receives from served
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-served:
-	}
-	shCtx, done := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	if err := srv.Shutdown(shCtx); err != nil {
-		s.log.Warn("HTTP shutdown timed out; closing connections", "err", err)
-		srv.Close()
-	}
-	done()
-	if serveErr == nil {
-		serveErr = <-served
-	}
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
-		return fmt.Errorf("databus: bootstrap server: serve: %w", serveErr)
+	if err := httpapi.Serve(ctx, ln, s.handler, s.log, nil); err != nil {
+		return fmt.Errorf("databus: bootstrap server: serve: %w", err)
 	}
 	s.log.Info("bootstrap server stopped")
 	return nil

@@ -4,13 +4,17 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // WriteJSON answers status with v as a JSON body (one line, with its
@@ -47,4 +51,52 @@ func CheckListen(addr string) error {
 		return fmt.Errorf("listen %q: port %q must be a number in [0, 65535]", addr, port)
 	}
 	return nil
+}
+
+// Timeouts of the HTTP servers.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	// ShutdownTimeout is how long Serve lets in-flight requests finish
+	// once its context is done.
+	ShutdownTimeout = 5 * time.Second
+)
+
+// Serve serves h on ln until ctx is done or serving fails, then shuts the
+// server down gracefully: in-flight requests get ShutdownTimeout, after
+// which the connections are closed. stopping, if not nil, runs first, so
+// that long requests (long polls) can end. Serve returns when the server
+// has stopped, with the serving error, if any, other than the server
+// having been closed.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, stopping func()) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }() // owned: Serve always receives from served
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+	}
+	if stopping != nil {
+		stopping()
+	}
+	shCtx, done := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	if err := srv.Shutdown(shCtx); err != nil {
+		log.Warn("HTTP shutdown timed out; closing connections", "err", err)
+		srv.Close()
+	}
+	done()
+	if serveErr == nil {
+		serveErr = <-served
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		return nil
+	}
+	return serveErr
 }

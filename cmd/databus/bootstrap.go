@@ -49,14 +49,17 @@ type bootstrapConfig struct {
 
 // storeConfig holds exactly one bootstrap store.
 type storeConfig struct {
-	SQLite *struct {
-		Path string `yaml:"path"`
-	} `yaml:"sqlite"`
+	SQLite   *sqliteStoreConfig `yaml:"sqlite"`
 	Postgres *struct {
 		ConnString secret.String `yaml:"connString"`
 		Schema     string        `yaml:"schema"`
 		MaxConns   int           `yaml:"maxConns"`
 	} `yaml:"postgres"`
+}
+
+// sqliteStoreConfig is bootstrap.store.sqlite: the store's file.
+type sqliteStoreConfig struct {
+	Path string `yaml:"path"`
 }
 
 func (c *fileConfig) validateBootstrap() error {
@@ -210,16 +213,11 @@ func runBootstrap(ctx context.Context, cfg *fileConfig, log *slog.Logger, reg *p
 	})
 	if ready != nil {
 		wg.Go(func() {
-			t := time.NewTicker(10 * time.Millisecond)
-			defer t.Stop()
-			for s.Addr() == "" {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+			select {
+			case <-s.Ready():
+				ready("http://" + s.Addr())
+			case <-ctx.Done():
 			}
-			ready("http://" + s.Addr())
 		})
 	}
 	wg.Wait()
@@ -407,8 +405,6 @@ func demoBootstrap(dir, relayURL string) *fileConfig {
 	return &fileConfig{Bootstrap: &bootstrapConfig{
 		Server:   server.Config{Listen: "127.0.0.1:0"},
 		Producer: bootstrap.Config{Relays: []string{relayURL}},
-		Store: storeConfig{SQLite: &struct {
-			Path string `yaml:"path"`
-		}{Path: filepath.Join(dir, "bootstrap.db")}},
+		Store:    storeConfig{SQLite: &sqliteStoreConfig{Path: filepath.Join(dir, "bootstrap.db")}},
 	}}
 }

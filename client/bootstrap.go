@@ -407,37 +407,6 @@ func (c *Client) info(ctx context.Context, counted bool) (serverInfo, error) {
 	return info, err
 }
 
-// retry calls f with the puller's servers in turn until it succeeds, it
-// fails in a way retrying cannot help, or WithRelayRetry's limit is
-// reached; it backs off between attempts as pulls do.
-func (p *puller) retry(ctx context.Context, f func(server string) error) error {
-	for {
-		server := p.servers[p.next]
-		err := f(server)
-		if err == nil {
-			p.failures = 0
-			return nil
-		}
-		switch classify(ctx, err) {
-		case classCanceled:
-			return ctx.Err()
-		case classFatal, classNotHeld:
-			return err
-		}
-		p.failures++
-		p.c.stats.relayFailures.Add(1)
-		if max := p.c.cfg.relayAttempts; max > 0 && p.failures >= max {
-			return &UnavailableError{Attempts: p.failures, Err: err}
-		}
-		p.next = (p.next + 1) % len(p.servers)
-		d := backoff(p.failures, p.c.cfg.relayMin, p.c.cfg.relayMax, jitter())
-		p.c.cfg.logger.Warn("databus: bootstrap request failed, trying the next server", "server", server, "backoff", d, "err", err)
-		if err := sleep(ctx, d); err != nil {
-			return err
-		}
-	}
-}
-
 // snapshotPuller fetches snapshot pages ahead of the dispatcher, each page
 // a Window with Snapshot set.
 type snapshotPuller struct {

@@ -72,28 +72,46 @@ func (p *puller) run(ctx context.Context, q chan<- item) {
 			return false
 		}
 	}
-	relays := p.servers
 	for {
 		if p.catchup != nil && p.dec.after >= p.catchup.TargetSCN {
 			send(item{err: errCaughtUp})
 			return
 		}
-		relay := relays[p.next]
-		if p.catchup == nil {
-			p.c.setRelay(relay)
+		err := p.retry(ctx, func(relay string) error {
+			if p.catchup == nil {
+				p.c.setRelay(relay)
+			}
+			return p.pull(ctx, relay, send)
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				send(item{err: err})
+			}
+			return
 		}
-		err := p.pull(ctx, relay, send)
+	}
+}
+
+// retry calls f with the puller's servers in turn until it succeeds, or
+// fails in a way retrying cannot help: a refusal of the request (returned
+// as is), scn_not_held from every server since the first one (the last
+// *SCNNotHeldError), WithRelayRetry's limit of consecutive failures (an
+// *UnavailableError), or ctx ending (ctx's error). Other failures move to
+// the next server after a back-off; scn_not_held moves on at once.
+func (p *puller) retry(ctx context.Context, f func(server string) error) error {
+	for {
+		server := p.servers[p.next]
+		err := f(server)
 		if err == nil {
 			p.failures, p.notHeld, p.sinceNotHeld = 0, nil, 0
-			continue
+			return nil
 		}
 		class := classify(ctx, err)
 		switch class {
 		case classCanceled:
-			return
+			return ctx.Err()
 		case classFatal:
-			send(item{err: err})
-			return
+			return err
 		}
 		p.failures++
 		p.c.stats.relayFailures.Add(1)
@@ -105,23 +123,21 @@ func (p *puller) run(ctx context.Context, q chan<- item) {
 		}
 		if p.notHeld != nil {
 			p.sinceNotHeld++
-			if p.sinceNotHeld >= len(relays) {
-				send(item{err: p.notHeld})
-				return
+			if p.sinceNotHeld >= len(p.servers) {
+				return p.notHeld
 			}
 		}
 		if max := p.c.cfg.relayAttempts; max > 0 && p.failures >= max {
-			send(item{err: &UnavailableError{Attempts: p.failures, Err: err}})
-			return
+			return &UnavailableError{Attempts: p.failures, Err: err}
 		}
-		p.next = (p.next + 1) % len(relays)
+		p.next = (p.next + 1) % len(p.servers)
 		d := time.Duration(0)
 		if class == classRetry {
 			d = backoff(p.failures, p.c.cfg.relayMin, p.c.cfg.relayMax, jitter())
 		}
-		p.c.cfg.logger.Warn("databus: pull failed, trying the next relay", "relay", relay, "next", relays[p.next], "backoff", d, "err", err)
-		if sleep(ctx, d) != nil {
-			return
+		p.c.cfg.logger.Warn("databus: pull failed, trying the next server", "server", server, "next", p.servers[p.next], "backoff", d, "err", err)
+		if err := sleep(ctx, d); err != nil {
+			return err
 		}
 	}
 }

@@ -422,6 +422,11 @@ func TestBootstrapClientKill9(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+	// The relay polls the source: its newest window is the writer's last
+	// transaction only once the store (fed by the relay) holds it.
+	if err := e.waitStored(); err != nil {
+		t.Fatal(err)
+	}
 	last := e.relay.Buffer().Info().MaxSCN
 	p.watch(30*time.Second, fmt.Sprintf("the consumer to reach the relay's newest window %d", last), nil, func(cp checkpoint.Checkpoint) bool {
 		return cp.Mode == checkpoint.Online && cp.SCN >= last
